@@ -1,0 +1,83 @@
+"""User-facing diagnostics: every error names file:line:column, the field, and a hint.
+
+User errors are collected (never first-only) and raised together as one `UserError`;
+the CLI prints them and exits 2. Missing kernel features are `CapabilityError`s,
+raised before anything is created.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Severity = Literal["error", "warning", "info"]
+
+EXIT_USER_ERROR = 2
+
+
+@dataclass(frozen=True, order=True)
+class Pos:
+    """A place in a user's file (1-based line and column)."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    severity: Severity
+    pos: Pos | None
+    field: str  # field path, e.g. "Service default/web: spec.ports[0].port"
+    message: str  # what is wrong / what was expected
+    hint: str = ""
+
+    def format(self) -> str:
+        where = f"{self.pos}: " if self.pos else ""
+        field = f"{self.field}: " if self.field else ""
+        text = f"{where}{self.severity}: {field}{self.message}"
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class LabctlError(Exception):
+    """Base of labctl's own errors (anything else escaping is a bug)."""
+
+    exit_code = 1
+
+
+class UserError(LabctlError):
+    """Bad input: one or more diagnostics, exit code 2, nothing created."""
+
+    exit_code = EXIT_USER_ERROR
+
+    def __init__(self, diagnostics: list[Diagnostic] | Diagnostic | str, hint: str = ""):
+        if isinstance(diagnostics, str):
+            diagnostics = [Diagnostic("error", None, "", diagnostics, hint)]
+        elif isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics = list(diagnostics)
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        errors = [d for d in self.diagnostics if d.severity == "error"]
+        lines = [d.format() for d in self.diagnostics]
+        if len(errors) > 1:
+            lines.append(f"{len(errors)} errors")
+        return "\n".join(lines)
+
+
+class CapabilityError(LabctlError):
+    """The kernel or the system lacks something the lab needs (checked before creating)."""
+
+    exit_code = 3
+
+
+class NotFoundError(LabctlError):
+    """A named lab, pod or object does not exist (kubectl exits 1 for these)."""
+
+    exit_code = 1

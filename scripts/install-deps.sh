@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what labctl needs on Debian/Ubuntu: system packages, then a Python venv.
+# Idempotent; used by the Makefile, CI and the Vagrant VM.
+#   scripts/install-deps.sh            system packages + .venv with labctl (editable) and dev deps
+#   SKIP_APT=1 scripts/install-deps.sh venv only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+
+pkgs=(iproute2 iptables nftables conntrack ipset tcpdump iputils-ping curl netcat-openbsd
+      procps kmod dnsutils python3-venv)
+[ "${BENCH:-0}" = 1 ] && pkgs+=(mininet dnsperf dnsmasq-base)
+
+if [ "${SKIP_APT:-0}" != 1 ]; then
+  missing=()
+  for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "install-deps: need root to install: ${missing[*]}" >&2; exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+echo "install-deps: ok ($("$VENV/bin/python" --version), venv $VENV)"
