@@ -6,31 +6,33 @@ PYTEST  := $(PY) -m pytest
 
 .PHONY: setup demo test test-unit test-integration test-vm bench bench-up lint clean
 
-$(PY): pyproject.toml scripts/install-deps.sh
+STAMP   := $(VENV)/.installed
+
+$(STAMP): pyproject.toml scripts/install-deps.sh
 	bash scripts/install-deps.sh
-	@touch $(PY)
+	@touch $(STAMP)
 
-setup: $(PY)
+setup: $(STAMP)
 
-demo: $(PY)
+demo: $(STAMP)
 	$(LABCTL) up topologies/quickstart --tour
 
-test: $(PY) lint test-unit test-integration
+test: $(STAMP) lint test-unit test-integration
 
-test-unit: $(PY)
+test-unit: $(STAMP)
 	$(PYTEST) -q tests/unit
 
-test-integration: $(PY)
+test-integration: $(STAMP)
 	$(PYTEST) -q tests/integration
 
-lint: $(PY)
+lint: $(STAMP)
 	$(PY) -m ruff check labctl tests bench
 
 bench: bench-up
 
-bench-up: $(PY)
+bench-up: $(STAMP)
 	BENCH=1 bash scripts/install-deps.sh
 	$(PY) bench/bench_up.py
 
-clean: $(PY)
+clean: $(STAMP)
 	$(LABCTL) clean --all
