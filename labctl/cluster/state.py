@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from labctl.model.objects import (
-    EMPTY,
     EndpointSlice,
     Lab,
     Owner,
@@ -28,7 +27,7 @@ class NodeState:
     ip: str  # on the node network (eth0 of the node namespace)
     pod_cidr: str  # this node's pod /24
     pod_gateway: str  # .1 of pod_cidr, on the node's cni0 bridge
-    labels: Mapping[str, str] = EMPTY
+    labels: Mapping[str, str] = field(default_factory=dict)
     netns: str = ""
 
 
@@ -43,7 +42,7 @@ class PodState:
     netns: str  # name under /run/netns
     host_veth: str  # the pod's veth end in its node namespace (≤ 15 characters)
     owner: Owner | None = None
-    annotations: Mapping[str, str] = EMPTY
+    annotations: Mapping[str, str] = field(default_factory=dict)
     source: Source = field(default=Source(), compare=False)
 
     @property

@@ -16,6 +16,14 @@ from labctl.errors import Pos
 EMPTY: Mapping[str, str] = MappingProxyType({})
 NO_POS: Mapping[str, Pos] = MappingProxyType({})
 
+
+def _empty() -> Mapping[str, str]:
+    return EMPTY
+
+
+def _no_pos() -> Mapping[str, Pos]:
+    return NO_POS
+
 PROXY_MODES = ("iptables", "nftables", "ipvs", "userspace")
 
 
@@ -24,7 +32,7 @@ class Source:
     """Where an object was written: its document's position and its fields' positions."""
 
     pos: Pos | None = None
-    where: Mapping[str, Pos] = NO_POS
+    where: Mapping[str, Pos] = field(default_factory=_no_pos)
 
     def at(self, path: str) -> Pos | None:
         """Position of `path`, or of its nearest written parent, or of the document."""
@@ -42,8 +50,8 @@ class Source:
 class ObjectMeta:
     name: str
     namespace: str = "default"
-    labels: Mapping[str, str] = EMPTY
-    annotations: Mapping[str, str] = EMPTY
+    labels: Mapping[str, str] = field(default_factory=_empty)
+    annotations: Mapping[str, str] = field(default_factory=_empty)
 
 
 # ---------------------------------------------------------------- Lab
@@ -52,7 +60,7 @@ class ObjectMeta:
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
-    labels: Mapping[str, str] = EMPTY
+    labels: Mapping[str, str] = field(default_factory=_empty)
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,7 @@ class Container:
 class PodSpec:
     containers: tuple[Container, ...]
     node_name: str = ""
-    node_selector: Mapping[str, str] = EMPTY
+    node_selector: Mapping[str, str] = field(default_factory=_empty)
     hostname: str = ""
     subdomain: str = ""
     enable_service_links: bool = True
@@ -150,7 +158,7 @@ class Pod:
 
 @dataclass(frozen=True)
 class LabelSelector:
-    match_labels: Mapping[str, str] = EMPTY
+    match_labels: Mapping[str, str] = field(default_factory=_empty)
     # matchExpressions: (key, operator, values)
     match_expressions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
@@ -274,7 +282,7 @@ class EndpointSlice:
 @dataclass(frozen=True)
 class Namespace:
     name: str
-    labels: Mapping[str, str] = EMPTY
+    labels: Mapping[str, str] = field(default_factory=_empty)
     source: Source = field(default=Source(), compare=False)
 
 

@@ -108,7 +108,7 @@ def created(name: str) -> Iterator[None]:
         os.close(fd)
         try:
             syscalls.mount(thread_ns_path(), target, "none", syscalls.MS_BIND)
-        except OSError:
+        except BaseException:
             os.unlink(target)
             raise
 

@@ -194,6 +194,8 @@ class Rtnl:
                                         ("IFLA_LINKINFO", {"attrs": linkinfo})]
         if master:
             attrs.append(("IFLA_MASTER", master))
+        if alias:
+            attrs.append(("IFLA_IFALIAS", alias))
         msg["attrs"] = attrs
         self._queue(msg, RTM_NEWLINK, CREATE, what or f"ip link add {ifname} type {kind}")
 
@@ -242,8 +244,8 @@ class Rtnl:
         msg["attrs"] = attrs
         self._queue(msg, RTM_NEWROUTE, CREATE, what or f"ip route add {dst}/{prefixlen}")
 
-    def link_index(self, ifname: str) -> int:
-        """Index of one link by name (a targeted get, not a dump of every link)."""
+    def link(self, ifname: str) -> Any:
+        """One link by name (a targeted get, not a dump of every link)."""
         self.flush()
         msg = ifinfmsg()
         msg["family"] = socket.AF_UNSPEC
@@ -262,7 +264,10 @@ class Rtnl:
             raise NetlinkError(-code or errno.ENODEV, f"ip link show {ifname}")
         reply = ifinfmsg(buf)
         reply.decode()
-        return int(reply["index"])
+        return reply
+
+    def link_index(self, ifname: str) -> int:
+        return int(self.link(ifname)["index"])
 
 
 def link_names(links: Iterable[Any]) -> list[str]:

@@ -1,0 +1,88 @@
+"""compile_state: Topology (+ the previous state, to keep addresses stable) → ClusterState."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from labctl import names
+from labctl.cluster import endpointslices, ipam, services
+from labctl.cluster.scheduling import schedule
+from labctl.cluster.state import ClusterState, NodeState, PodState
+from labctl.cluster.workloads import all_pods
+from labctl.errors import Diagnostic, UserError
+from labctl.model.objects import Topology
+
+
+def compile_state(topology: Topology, previous: ClusterState | None = None) -> ClusterState:
+    lab = topology.lab
+    errors: list[Diagnostic] = []
+    subnets = ipam.node_subnets(lab.pod_cidr, len(lab.nodes))
+    if len(subnets) < len(lab.nodes):
+        raise UserError(Diagnostic(
+            "error", lab.source.at("spec.podCIDR"), "Lab: spec.podCIDR",
+            f"{lab.pod_cidr} holds {len(subnets)} node /24 subnet(s) but the lab has "
+            f"{len(lab.nodes)} nodes", "use a larger pod CIDR, e.g. 10.244.0.0/16"))
+    gateway, node_ips, external_ip = ipam.node_network(lab.node_cidr, len(lab.nodes))
+    nodes = tuple(
+        NodeState(name=n.name, index=i, ip=node_ips[i], pod_cidr=str(subnets[i]),
+                  pod_gateway=str(subnets[i].network_address + 1), labels=n.labels,
+                  netns=names.node_ns(lab.name, n.name))
+        for i, n in enumerate(lab.nodes))
+
+    pods = all_pods(topology)
+    placement = schedule(pods, lab.nodes)
+    prev_ips = {p.key: p.ip for p in previous.pods} if previous else {}
+    ips: dict[str, str] = {}
+    for node, subnet in zip(nodes, subnets, strict=True):
+        keys = [k for k, n in placement.items() if n == node.name]
+        got = ipam.assign_pod_ips(subnet, keys, prev_ips)
+        if got is None:
+            errors.append(Diagnostic(
+                "error", lab.source.at("spec.podCIDR"), "Lab: spec.podCIDR",
+                f"node {node.name} has {len(keys)} pods but its subnet {subnet} holds "
+                f"{ipam.pod_capacity(subnet)}",
+                "add nodes, spread the pods (nodeName/nodeSelector), or lower replicas"))
+            continue
+        ips.update(got)
+    if errors:
+        raise UserError(errors)
+
+    pod_states = tuple(sorted(
+        (PodState(namespace=p.meta.namespace, name=p.meta.name, node=placement[key],
+                  ip=ips[key], labels=p.meta.labels, spec=p.spec,
+                  netns=names.pod_ns(lab.name, p.meta.namespace, p.meta.name),
+                  host_veth=names.veth_for(ips[key]), owner=p.owner,
+                  annotations=p.meta.annotations, source=p.source)
+         for p in pods for key in [f"{p.meta.namespace}/{p.meta.name}"]),
+        key=lambda p: (p.namespace, p.name)))
+
+    prev_svcs = {s.key: s for s in previous.services} if previous else {}
+    svc_states = tuple(services.allocate(lab, topology.services, prev_svcs))
+    slices = []
+    for svc in svc_states:
+        slices.extend(endpointslices.derive(svc, pod_states, nodes=nodes))
+    slices.extend(s for s in topology.endpoint_slices
+                  if s.meta.labels.get("endpointslice.kubernetes.io/managed-by")
+                  != endpointslices.MANAGED_BY)
+
+    namespaces = sorted({"default", "kube-system", *(n.name for n in topology.namespaces),
+                         *(p.namespace for p in pod_states), *(s.namespace for s in svc_states)})
+    return ClusterState(
+        lab=lab, nodes=nodes, pods=pod_states, services=svc_states,
+        endpoint_slices=tuple(slices), namespaces=tuple(namespaces),
+        fabric_netns=names.fabric_ns(lab.name), fabric_gateway=gateway,
+        external_netns=names.external_ns(lab.name), external_ip=external_ip)
+
+
+def node_prefixlen(state: ClusterState) -> int:
+    return ipaddress.IPv4Network(state.lab.node_cidr).prefixlen
+
+
+def compile_files(paths: Sequence[str], lab_name: str | None = None
+                  ) -> tuple[ClusterState, list[Diagnostic]]:
+    """Load, validate and compile: the whole pure front half of `up`."""
+    from labctl.model.load import load_topology
+
+    topology, warnings = load_topology(paths, lab_name)
+    return compile_state(topology), warnings

@@ -1,0 +1,57 @@
+"""Address management: node pod /24s, pod IPs, and the node network (pure, deterministic).
+
+Every node gets the next /24 of the pod CIDR (as kube-controller-manager's default
+--node-cidr-mask-size=24 does); its cni0 bridge takes .1 and pods take .2 upwards in
+namespace/name order. An address a pod had in the previous state is kept, so applying
+a change does not renumber the pods that stay.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+
+NODE_MASK = 24
+
+
+def node_subnets(pod_cidr: str, count: int) -> list[ipaddress.IPv4Network]:
+    net = ipaddress.IPv4Network(pod_cidr)
+    subnets = net.subnets(new_prefix=NODE_MASK) if net.prefixlen <= NODE_MASK else iter(())
+    out = []
+    for subnet in subnets:
+        if len(out) == count:
+            break
+        out.append(subnet)
+    return out
+
+
+def pod_capacity(subnet: ipaddress.IPv4Network) -> int:
+    return subnet.num_addresses - 3  # network, gateway (.1), broadcast
+
+
+def assign_pod_ips(subnet: ipaddress.IPv4Network, pod_keys: Sequence[str],
+                   previous: Mapping[str, str]) -> dict[str, str] | None:
+    """Addresses for the pods of one node, or None when the subnet is exhausted."""
+    hosts = list(subnet.hosts())[1:]  # .1 is the gateway
+    taken = {previous[k] for k in pod_keys if k in previous
+             and ipaddress.IPv4Address(previous[k]) in subnet}
+    free = iter(str(h) for h in hosts if str(h) not in taken)
+    out: dict[str, str] = {}
+    for key in sorted(pod_keys):
+        ip = previous.get(key)
+        if ip is None or ip not in taken:
+            ip = next(free, None)
+            if ip is None:
+                return None
+        out[key] = ip
+    return out
+
+
+def node_network(node_cidr: str, nodes: int) -> tuple[str, list[str], str]:
+    """(fabric gateway, node IPs, external client IP) on the node network."""
+    hosts = list(ipaddress.IPv4Network(node_cidr).hosts())
+    return str(hosts[0]), [str(h) for h in hosts[1:1 + nodes]], str(hosts[-1])
+
+
+def node_network_fits(node_cidr: str, nodes: int) -> bool:
+    return ipaddress.IPv4Network(node_cidr).num_addresses - 2 >= nodes + 2

@@ -1,0 +1,44 @@
+"""Place pods on nodes: nodeName and nodeSelector honoured, the rest spread evenly.
+
+Deterministic: pinned pods first, then the others by namespace/name, each to the
+eligible node with the fewest pods so far (ties go to the earlier node).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from labctl.errors import Diagnostic, UserError
+from labctl.model.objects import NodeSpec, Pod
+
+
+def schedule(pods: Sequence[Pod], nodes: Sequence[NodeSpec]) -> dict[str, str]:
+    """Map each pod key ("ns/name") to a node name."""
+    load = {n.name: 0 for n in nodes}
+    placed: dict[str, str] = {}
+    errors: list[Diagnostic] = []
+    ordered = sorted(pods, key=lambda p: (not p.spec.node_name, p.meta.namespace, p.meta.name))
+    for pod in ordered:
+        key = f"{pod.meta.namespace}/{pod.meta.name}"
+        if pod.spec.node_name:
+            node = pod.spec.node_name
+            if node not in load:
+                errors.append(Diagnostic(
+                    "error", pod.source.at("spec.nodeName"), f"Pod {key}: spec.nodeName",
+                    f"no node named {node!r}", f"nodes are: {', '.join(load)}"))
+                continue
+        else:
+            eligible = [n.name for n in nodes
+                        if all(n.labels.get(k) == v for k, v in pod.spec.node_selector.items())]
+            if not eligible:
+                errors.append(Diagnostic(
+                    "error", pod.source.at("spec.nodeSelector"), f"Pod {key}: spec.nodeSelector",
+                    "no node has all of these labels",
+                    "add the labels to a node under the Lab's spec.nodes[].labels"))
+                continue
+            node = min(eligible, key=lambda name: load[name])
+        load[node] += 1
+        placed[key] = node
+    if errors:
+        raise UserError(errors)
+    return placed
