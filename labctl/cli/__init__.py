@@ -1,0 +1,1 @@
+"""The `labctl` command line (click): parse, call the library, format the output."""

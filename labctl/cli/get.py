@@ -1,0 +1,85 @@
+"""`labctl get`: kubectl-like tables and -o json|yaml of a running lab."""
+
+from __future__ import annotations
+
+from labctl.cli.output import age, as_list, table
+from labctl.cluster import views
+from labctl.cluster.state import ClusterState
+
+KINDS = {"pods": "pods", "pod": "pods", "po": "pods", "nodes": "nodes", "node": "nodes",
+         "no": "nodes", "services": "services", "service": "services", "svc": "services",
+         "endpoints": "endpoints", "ep": "endpoints", "endpointslices": "endpointslices",
+         "endpointslice": "endpointslices"}
+
+
+def show(state: ClusterState, resource: str, fmt: str | None, namespace: str | None,
+         created: float) -> str:
+    kind = KINDS[resource]
+    in_ns = (lambda ns: True) if namespace is None else (lambda ns: ns == namespace)
+    ns_col = namespace is None
+    since = age(created) if created else "-"
+    if kind == "pods":
+        pods = [p for p in state.pods if in_ns(p.namespace)]
+        if fmt in ("json", "yaml"):
+            return as_list([views.pod_object(state, p) for p in pods], fmt)
+        headers = ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+        if fmt == "wide":
+            headers += ["IP", "NODE"]
+        rows = []
+        for p in pods:
+            n = len(p.spec.containers)
+            row = [p.name, f"{n}/{n}", "Running", 0, since]
+            if fmt == "wide":
+                row += [p.ip, p.node]
+            rows.append(([p.namespace] if ns_col else []) + row)
+        return _table(headers, rows, ns_col, "pods", namespace)
+    if kind == "nodes":
+        if fmt in ("json", "yaml"):
+            return as_list([views.node_object(n) for n in state.nodes], fmt)
+        headers = ["NAME", "STATUS", "ROLES", "AGE", "INTERNAL-IP", "POD-CIDR"]
+        rows = [[n.name, "Ready", "<none>", since, n.ip, n.pod_cidr] for n in state.nodes]
+        return table(headers, rows)
+    if kind == "services":
+        svcs = [s for s in state.services if in_ns(s.namespace)]
+        if fmt in ("json", "yaml"):
+            return as_list([views.service_object(s) for s in svcs], fmt)
+        headers = ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+        if fmt == "wide":
+            headers.append("SELECTOR")
+        rows = []
+        for s in svcs:
+            external = (s.load_balancer_ip or ",".join(s.service.external_ips)
+                        or s.service.external_name or "<none>")
+            row = [s.name, s.service.type, s.cluster_ip or "<none>", external,
+                   views.service_port_text(s), since]
+            if fmt == "wide":
+                sel = s.service.selector
+                row.append(",".join(f"{k}={v}" for k, v in sel.items()) if sel else "<none>")
+            rows.append(([s.namespace] if ns_col else []) + row)
+        return _table(headers, rows, ns_col, "services", namespace)
+    slices = [e for e in state.endpoint_slices if in_ns(e.meta.namespace)]
+    if kind == "endpointslices" or fmt in ("json", "yaml"):
+        if fmt in ("json", "yaml"):
+            return as_list([views.endpoint_slice_object(e) for e in slices], fmt)
+        headers = ["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"]
+        rows = []
+        for e in slices:
+            ports = ",".join(str(p.port) for p in e.ports if p.port) or "<unset>"
+            addrs = [a for ep in e.endpoints for a in ep.addresses[:1]]
+            shown = ",".join(addrs[:3]) + (f" + {len(addrs) - 3} more..." if len(addrs) > 3
+                                           else "")
+            rows.append(([e.meta.namespace] if ns_col else [])
+                        + [e.meta.name, e.address_type, ports, shown or "<unset>", since])
+        return _table(headers, rows, ns_col, "endpointslices", namespace)
+    svcs = [s for s in state.services if in_ns(s.namespace) and s.service.type != "ExternalName"]
+    rows = [([s.namespace] if ns_col else []) + [s.name, views.endpoints_text(state, s), since]
+            for s in svcs]
+    return _table(["NAME", "ENDPOINTS", "AGE"], rows, ns_col, "endpoints", namespace)
+
+
+def _table(headers: list[str], rows: list[list[object]], ns_col: bool, what: str,
+           namespace: str | None) -> str:
+    if not rows:
+        return f"No resources found in {namespace} namespace." if namespace else \
+            "No resources found"
+    return table((["NAMESPACE"] if ns_col else []) + headers, rows)

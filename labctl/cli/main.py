@@ -1,0 +1,320 @@
+"""labctl — build a real Kubernetes Service network on this host.
+
+Every command is thin: it parses, calls labctl's library, and formats the result.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from labctl.cli import output
+from labctl.cli.output import age, err, table
+from labctl.errors import LabctlError, UserError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print labctl's errors plainly (no traceback) and exit with their code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            err(exc.format())
+            sys.exit(exc.exit_code)
+        except LabctlError as exc:
+            err(f"error: {exc}")
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err("interrupted")
+            sys.exit(130)
+
+    return wrapper
+
+
+def print_warnings(diags: list[Any], show_info: bool = False) -> None:
+    for d in diags:
+        if d.severity == "warning" or show_info:
+            err(d.format())
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="labctl")
+def cli() -> None:
+    """Build a real Kubernetes Service network on this host from ordinary manifests.
+
+    Every pod is a network namespace, every node a routed namespace with a bridge;
+    the kernel forwards every packet, so ip, tcpdump and conntrack show the real thing.
+
+    \b
+    Typical session (as root):
+      labctl validate topologies/quickstart
+      labctl up topologies/quickstart
+      labctl get pods -o wide
+      labctl exec <pod> -- curl -s http://<other-pod-ip>:8080/
+      labctl down
+    """
+
+
+# ------------------------------------------------------------------ offline commands
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
+@handle_errors
+def validate(files: tuple[str, ...]) -> None:
+    """Check FILES (YAML files or folders) without building anything.
+
+    Reports every error at once (file:line:column, field, hint; exit 2), warnings,
+    and the fields labctl accepts but does not model.
+
+    \b
+    Example:  labctl validate topologies/quickstart
+    """
+    from labctl.lab.lifecycle import prepare
+
+    state, plan, warnings = prepare(files)
+    print_warnings(warnings, show_info=True)
+    click.echo(f"ok: lab {state.lab.name!r}: {len(state.nodes)} nodes, {len(state.pods)} pods, "
+               f"{len(state.services)} services, proxy mode {state.lab.proxy_mode}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
+@handle_errors
+def plan(files: tuple[str, ...]) -> None:
+    """Print the lab FILES describe as the equivalent ip/sysctl commands (no root needed).
+
+    \b
+    Example:  labctl plan topologies/quickstart | less
+    """
+    from labctl.lab.lifecycle import prepare
+    from labctl.plan.commands import commands
+
+    _state, the_plan, warnings = prepare(files)
+    print_warnings(warnings)
+    click.echo("\n".join(commands(the_plan)))
+
+
+# ------------------------------------------------------------------ lifecycle
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--dry-run", is_flag=True, help="Print the plan as commands; create nothing.")
+@click.option("--tour", is_flag=True, help="After building, show the pods and a cross-node "
+              "request.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@handle_errors
+def up(files: tuple[str, ...], dry_run: bool, tour: bool, quiet: bool) -> None:
+    """Build the lab FILES describe and start its agent.
+
+    On any failure (or Ctrl-C) everything made so far is removed again.
+
+    \b
+    Examples:
+      labctl up topologies/quickstart
+      labctl up lab.yaml --dry-run
+    """
+    from labctl.lab import lifecycle
+
+    if dry_run:
+        from labctl.plan.commands import commands
+
+        _state, the_plan, warnings = lifecycle.prepare(files)
+        print_warnings(warnings)
+        click.echo("\n".join(commands(the_plan)))
+        return
+    result = lifecycle.up(files, output.Progress(quiet))
+    if quiet:
+        return
+    print_warnings(result.warnings)
+    st, t = result.state, result.timings
+    total = sum(t.values())
+    click.echo(f"lab {st.lab.name!r} is up: {len(st.nodes)} nodes, {len(st.pods)} pods, "
+               f"{len(st.services)} services, proxy mode {st.lab.proxy_mode}")
+    click.echo("  " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in t.items())
+               + f" (total {total * 1000:.0f} ms)")
+    if tour:
+        from labctl.cli.tour import tour as run_tour
+
+        run_tour(st)
+    click.echo(f"explore: labctl get pods -o wide | labctl exec POD -- CMD | "
+               f"take it down: labctl down {st.lab.name}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("lab", required=False)
+@click.option("-q", "--quiet", is_flag=True)
+@handle_errors
+def down(lab: str | None, quiet: bool) -> None:
+    """Take LAB down (the only lab when not named). Safe to repeat."""
+    from labctl.lab import lifecycle, store
+
+    if lab is None:
+        labs = store.known_labs()
+        if not labs:
+            if not quiet:
+                click.echo("no lab is up")
+            return
+        lab = lifecycle.pick_lab(None)
+    removed = lifecycle.down(lab)
+    if not quiet:
+        click.echo(f"lab {lab!r} is down ({removed} namespaces removed)")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--all", "everything", is_flag=True,
+              help="Also remove labs that are up and healthy.")
+@handle_errors
+def clean(everything: bool) -> None:
+    """Remove what crashed labs left behind, found by labctl's ownership marks.
+
+    Without --all, labs that are up and healthy are kept. Safe to repeat.
+    """
+    from labctl.lab import lifecycle
+
+    removed = lifecycle.clean(everything)
+    if not removed:
+        click.echo("nothing to clean")
+    for lab, count in removed:
+        click.echo(f"removed lab {lab!r} ({count} namespaces)")
+
+
+@cli.command(context_settings=CONTEXT)
+@handle_errors
+def status() -> None:
+    """List the labs on this host and whether each is healthy."""
+    from labctl.lab import lifecycle
+
+    rows = []
+    for st in lifecycle.statuses():
+        rec = st.record
+        rows.append([st.name, st.status.upper(), st.namespaces,
+                     st.agent_pid or "-", age(st.created) if st.created else "-",
+                     ",".join(os.path.relpath(f) for f in rec.files) if rec else "-"])
+    if not rows:
+        click.echo("no lab is up")
+        return
+    click.echo(table(["LAB", "STATUS", "NAMESPACES", "AGENT", "AGE", "FILES"], rows))
+    hints = {"AGENT-DEAD": "the agent died: `labctl down LAB` then `labctl up` again",
+             "BROKEN": "an `up` was killed halfway: run `labctl clean`",
+             "LEFTOVER": "namespaces without a lab record: run `labctl clean`",
+             "KERNEL-GONE": "its namespaces are gone (a reboot?): `labctl down LAB`, then up"}
+    for status_ in sorted({r[1] for r in rows} & set(hints)):
+        click.echo(f"hint: {hints[status_]}")
+
+
+# ------------------------------------------------------------------ inspection
+
+lab_option = click.option("--lab", "lab_name", help="Which lab (default: the only one).")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("resource", type=click.Choice(
+    ["pods", "pod", "po", "nodes", "node", "no", "services", "service", "svc",
+     "endpoints", "ep", "endpointslices", "endpointslice"]))
+@click.option("-o", "--output", "fmt", type=click.Choice(["wide", "json", "yaml"]))
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-A", "--all-namespaces", is_flag=True)
+@lab_option
+@handle_errors
+def get(resource: str, fmt: str | None, namespace: str, all_namespaces: bool,
+        lab_name: str | None) -> None:
+    """Show pods, nodes, services or endpoints of a running lab, like kubectl.
+
+    \b
+    Examples:
+      labctl get pods -o wide
+      labctl get svc -A
+      labctl get endpointslices -o yaml
+    """
+    from labctl.cli.get import show
+    from labctl.lab import lifecycle, store
+
+    lab = lifecycle.pick_lab(lab_name)
+    rec = store.load(lab)
+    click.echo(show(store.state_of(lab), resource, fmt, None if all_namespaces else namespace,
+                    rec.created if rec else 0.0))
+
+
+@cli.command(name="exec", context_settings={**CONTEXT, "ignore_unknown_options": True})
+@click.argument("target")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-c", "--container", help="Container (processes share the pod's network).")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@lab_option
+@handle_errors
+def exec_(target: str, command: tuple[str, ...], container: str | None, namespace: str,
+          lab_name: str | None) -> None:
+    """Run COMMAND inside a pod's, a node's or the `external` client's network namespace.
+
+    TARGET is a pod name (or NAMESPACE/POD), a node name, or `external`. The exit code
+    is COMMAND's. /etc/netns/<namespace>/ files apply, as with `ip netns exec`.
+
+    \b
+    Examples:
+      labctl exec web-0 -- ip addr
+      labctl exec node1 -- ip route
+      labctl exec external -- curl -s http://172.18.0.2:30080/
+    """
+    from labctl.cli.targets import resolve
+    from labctl.lab import lifecycle, store
+
+    lab = lifecycle.pick_lab(lab_name)
+    netns_name = resolve(store.state_of(lab), target, namespace, container)
+    os.execvp("ip", ["ip", "netns", "exec", netns_name, *command])
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("pod")
+@click.option("-c", "--container")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@lab_option
+@handle_errors
+def logs(pod: str, container: str | None, namespace: str, follow: bool,
+         lab_name: str | None) -> None:
+    """Print a container's log: its process output, or the built-in server's requests.
+
+    \b
+    Example:  labctl logs web-0 -c web
+    """
+    from labctl.agent.control import log_path
+    from labctl.cli.targets import find_pod
+    from labctl.lab import lifecycle, store
+
+    lab = lifecycle.pick_lab(lab_name)
+    found = find_pod(store.state_of(lab), pod, namespace)
+    containers = [c.name for c in found.spec.containers]
+    if container is None:
+        container = containers[0]
+        if len(containers) > 1:
+            err(f'Defaulted container "{container}" out of: {", ".join(containers)}')
+    elif container not in containers:
+        raise LabctlError(f"container {container!r} is not in pod {found.key}; "
+                          f"containers: {', '.join(containers)}")
+    path = log_path(store.state_dir(lab), found.namespace, found.name, container)
+    if follow:
+        os.execvp("tail", ["tail", "-n", "+1", "-F", path])
+    try:
+        with open(path) as f:
+            sys.stdout.write(f.read())
+    except FileNotFoundError:
+        pass
+
+
+def main() -> None:
+    cli(prog_name="labctl")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Output helpers: kubectl-style tables, ages, JSON/YAML lists, progress lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+import yaml
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in cells)
+
+
+def age(since: float) -> str:
+    secs = max(0, int(time.time() - since))
+    if secs < 120:
+        return f"{secs}s"
+    if secs < 7200:
+        return f"{secs // 60}m"
+    if secs < 172800:
+        return f"{secs // 3600}h"
+    return f"{secs // 86400}d"
+
+
+def as_list(items: list[dict[str, Any]], fmt: str) -> str:
+    doc = {"apiVersion": "v1", "kind": "List", "items": items}
+    if fmt == "json":
+        return json.dumps(doc, indent=2)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def err(text: str) -> None:
+    click.echo(text, err=True)
+
+
+class Progress:
+    """Phase lines on stderr ("kernel: namespaces 100/105"), overwritten on a terminal."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if self.quiet or not self.tty:
+            return
+        sys.stderr.write(f"\r  {phase}: {done}/{total}")
+        if done == total:
+            sys.stderr.write("\r\033[K")
+        sys.stderr.flush()

@@ -1,0 +1,46 @@
+"""`labctl up --tour`: a short guided look at a lab that just came up (for `make demo`)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import click
+
+from labctl.cli.output import table
+from labctl.cluster.state import ClusterState
+
+
+def tour(state: ClusterState) -> None:
+    click.echo("")
+    click.echo("Nodes (each a network namespace with a cni0 bridge, routed to the others):")
+    click.echo(table(["NODE", "NODE-IP", "POD-CIDR", "NETNS"],
+                     [[n.name, n.ip, n.pod_cidr, n.netns] for n in state.nodes]))
+    click.echo("")
+    click.echo("Pods (each its own network namespace, eth0 plugged into its node's bridge):")
+    click.echo(table(["NAMESPACE", "POD", "IP", "NODE"],
+                     [[p.namespace, p.name, p.ip, p.node] for p in state.pods[:12]]))
+    if len(state.pods) > 12:
+        click.echo(f"  ... and {len(state.pods) - 12} more (labctl get pods -A -o wide)")
+    pair = _cross_node_pair(state)
+    if pair is None:
+        return
+    client, server, port = pair
+    url = f"http://{server.ip}:{port}/tour"
+    click.echo("")
+    click.echo(f"A request from {client.name} ({client.node}) to {server.name} ({server.node}),")
+    click.echo(f"routed across nodes by the kernel:  labctl exec {client.name} -- curl -s {url}")
+    proc = subprocess.run(["ip", "netns", "exec", client.netns, "curl", "-s", "-m", "3", url],
+                          capture_output=True, text=True, check=False)
+    body = proc.stdout.strip() or proc.stderr.strip() or f"(curl exited {proc.returncode})"
+    click.echo("\n".join("  | " + line for line in body.splitlines()))
+    click.echo("")
+
+
+def _cross_node_pair(state: ClusterState):  # -> (client, server, port) | None
+    servers = [(p, c.ports[0].container_port) for p in state.pods for c in p.spec.containers
+               if c.ports and c.ports[0].protocol == "TCP" and not c.command]
+    for server, port in servers:
+        for client in state.pods:
+            if client.node != server.node:
+                return client, server, port
+    return None
