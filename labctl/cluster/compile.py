@@ -31,7 +31,8 @@ def compile_state(topology: Topology, previous: ClusterState | None = None) -> C
         for i, n in enumerate(lab.nodes))
 
     pods = all_pods(topology)
-    placement = schedule(pods, lab.nodes)
+    placement = schedule(pods, lab.nodes,
+                         {p.key: p.node for p in previous.pods} if previous else None)
     prev_ips = {p.key: p.ip for p in previous.pods} if previous else {}
     ips: dict[str, str] = {}
     for node, subnet in zip(nodes, subnets, strict=True):

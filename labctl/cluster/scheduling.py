@@ -1,26 +1,39 @@
 """Place pods on nodes: nodeName and nodeSelector honoured, the rest spread evenly.
 
-Deterministic: pinned pods first, then the others by namespace/name, each to the
+Deterministic: pinned pods first, then pods that already run somewhere stay there (a
+scheduler never moves a running pod), then the others by namespace/name, each to the
 eligible node with the fewest pods so far (ties go to the earlier node).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from labctl.errors import Diagnostic, UserError
 from labctl.model.objects import NodeSpec, Pod
 
 
-def schedule(pods: Sequence[Pod], nodes: Sequence[NodeSpec]) -> dict[str, str]:
-    """Map each pod key ("ns/name") to a node name."""
+def schedule(pods: Sequence[Pod], nodes: Sequence[NodeSpec],
+             previous: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Map each pod key ("ns/name") to a node name; `previous` is the last placement."""
+    previous = previous or {}
     load = {n.name: 0 for n in nodes}
     placed: dict[str, str] = {}
     errors: list[Diagnostic] = []
-    ordered = sorted(pods, key=lambda p: (not p.spec.node_name, p.meta.namespace, p.meta.name))
-    for pod in ordered:
+
+    def order(p: Pod) -> tuple[int, str, str]:
+        key = f"{p.meta.namespace}/{p.meta.name}"
+        rank = 0 if p.spec.node_name else 1 if previous.get(key) in load else 2
+        return rank, p.meta.namespace, p.meta.name
+
+    for pod in sorted(pods, key=order):
         key = f"{pod.meta.namespace}/{pod.meta.name}"
-        if pod.spec.node_name:
+        labels_of = {n.name: n.labels for n in nodes}
+        if previous.get(key) in load and not pod.spec.node_name and all(
+                labels_of[previous[key]].get(k) == v
+                for k, v in pod.spec.node_selector.items()):
+            node = previous[key]
+        elif pod.spec.node_name:
             node = pod.spec.node_name
             if node not in load:
                 errors.append(Diagnostic(
