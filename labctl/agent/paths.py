@@ -1,0 +1,47 @@
+"""Where an agent keeps its files inside a lab's state dir (pure)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# The agent reports "ready <pid>" or "error <text>" on this inherited pipe fd.
+READY_FD_ENV = "LABCTL_AGENT_READY_FD"
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    state_dir: str
+
+    @property
+    def workloads(self) -> str:
+        return os.path.join(self.state_dir, "workloads.json")
+
+    @property
+    def pidfile(self) -> str:
+        return os.path.join(self.state_dir, "agent.pid")
+
+    @property
+    def logfile(self) -> str:
+        return os.path.join(self.state_dir, "agent.log")
+
+    @property
+    def socket(self) -> str:
+        return os.path.join(self.state_dir, "agent.sock")
+
+    @property
+    def pids(self) -> str:
+        """Every workload PID the agent started and that is still running, one a line."""
+        return os.path.join(self.state_dir, "pids")
+
+    @property
+    def logs_dir(self) -> str:
+        return os.path.join(self.state_dir, "logs")
+
+    def log_path(self, namespace: str, pod: str, container: str) -> str:
+        return os.path.join(self.logs_dir, f"{namespace}_{pod}_{container}.log")
+
+
+def log_path(state_dir: str, namespace: str, pod: str, container: str) -> str:
+    """The log of one container: its echo requests or its process output."""
+    return StatePaths(state_dir).log_path(namespace, pod, container)

@@ -1,0 +1,1 @@
+"""What a kubelet does for a pod on this host: built-in echo servers and workload processes."""
