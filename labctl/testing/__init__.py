@@ -1,0 +1,1 @@
+"""Helpers for tests of labs: run labctl, snapshot the host, find leftovers."""
