@@ -74,7 +74,7 @@ def all_pods_answer(pods: list[dict]) -> int:
     ok = 0
     with netns.entered(first):
         socks = []
-        for pod in pods:
+        for _pod in pods:
             s = socket.socket()
             s.settimeout(5)
             socks.append(s)
