@@ -101,6 +101,9 @@ def start_agent(state_dir: str, timeout: float = 30.0) -> int:
     _children[proc.pid] = proc
     try:
         status, text = _read_ready(r, timeout)
+    except BaseException:  # Ctrl-C while waiting: the half-started agent must go too
+        _abort(paths, proc, signal_now=True)
+        raise
     finally:
         os.close(r)
     if status == "ready":
