@@ -39,6 +39,7 @@ kind: Lab
 metadata: {{name: {LAB}}}
 spec:
   nodes: [{{name: node1}}, {{name: node2}}, {{name: node3}}]
+  podCIDRPerNode: 22   # 1000 pods on 3 nodes need more than a /24 each
 ---
 apiVersion: apps/v1
 kind: Deployment

@@ -17,12 +17,12 @@ from labctl.model.objects import Topology
 def compile_state(topology: Topology, previous: ClusterState | None = None) -> ClusterState:
     lab = topology.lab
     errors: list[Diagnostic] = []
-    subnets = ipam.node_subnets(lab.pod_cidr, len(lab.nodes))
+    subnets = ipam.node_subnets(lab.pod_cidr, len(lab.nodes), lab.pod_cidr_per_node)
     if len(subnets) < len(lab.nodes):
         raise UserError(Diagnostic(
             "error", lab.source.at("spec.podCIDR"), "Lab: spec.podCIDR",
-            f"{lab.pod_cidr} holds {len(subnets)} node /24 subnet(s) but the lab has "
-            f"{len(lab.nodes)} nodes", "use a larger pod CIDR, e.g. 10.244.0.0/16"))
+            f"{lab.pod_cidr} holds {len(subnets)} node /{lab.pod_cidr_per_node} subnet(s) but "
+            f"the lab has {len(lab.nodes)} nodes", "use a larger pod CIDR, e.g. 10.244.0.0/16"))
     gateway, node_ips, external_ip = ipam.node_network(lab.node_cidr, len(lab.nodes))
     nodes = tuple(
         NodeState(name=n.name, index=i, ip=node_ips[i], pod_cidr=str(subnets[i]),
@@ -43,7 +43,8 @@ def compile_state(topology: Topology, previous: ClusterState | None = None) -> C
                 "error", lab.source.at("spec.podCIDR"), "Lab: spec.podCIDR",
                 f"node {node.name} has {len(keys)} pods but its subnet {subnet} holds "
                 f"{ipam.pod_capacity(subnet)}",
-                "add nodes, spread the pods (nodeName/nodeSelector), or lower replicas"))
+                "add nodes, spread the pods (nodeName/nodeSelector), lower replicas, or "
+                "raise the Lab's spec.podCIDRPerNode"))
             continue
         ips.update(got)
     if errors:

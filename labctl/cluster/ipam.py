@@ -1,7 +1,7 @@
 """Address management: node pod /24s, pod IPs, and the node network (pure, deterministic).
 
-Every node gets the next /24 of the pod CIDR (as kube-controller-manager's default
---node-cidr-mask-size=24 does); its cni0 bridge takes .1 and pods take .2 upwards in
+Every node gets the next /24 (or the Lab's podCIDRPerNode) of the pod CIDR, as
+kube-controller-manager's --node-cidr-mask-size does; its cni0 bridge takes .1 and pods take .2 upwards in
 namespace/name order. An address a pod had in the previous state is kept, so applying
 a change does not renumber the pods that stay.
 """
@@ -11,12 +11,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 
-NODE_MASK = 24
 
-
-def node_subnets(pod_cidr: str, count: int) -> list[ipaddress.IPv4Network]:
+def node_subnets(pod_cidr: str, count: int, prefix: int = 24) -> list[ipaddress.IPv4Network]:
     net = ipaddress.IPv4Network(pod_cidr)
-    subnets = net.subnets(new_prefix=NODE_MASK) if net.prefixlen <= NODE_MASK else iter(())
+    subnets = net.subnets(new_prefix=prefix) if net.prefixlen <= prefix else iter(())
     out = []
     for subnet in subnets:
         if len(out) == count:

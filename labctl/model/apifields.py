@@ -237,7 +237,10 @@ LAB = struct(
      "metadata": struct({"name": STRING}, "labels annotations"),
      "spec": struct({
          "nodes": ListOf(LAB_NODE, 1, "a lab needs at least one node, e.g. - name: node1"),
-         "podCIDR": _CIDR, "serviceCIDR": _CIDR, "nodeCIDR": _CIDR, "loadBalancerCIDR": _CIDR,
+         "podCIDR": _CIDR, "serviceCIDR": _CIDR,
+         "podCIDRPerNode": Scalar("integer", (checks.int_range(
+             16, 28, "a prefix length", "podCIDRPerNode is the prefix of each node's pod "
+             "subnet, 16-28 (24: 253 pods per node)"),)), "nodeCIDR": _CIDR, "loadBalancerCIDR": _CIDR,
          "proxyMode": Scalar("string", (checks.one_of(
              *PROXY_MODES, hint="proxyMode is one of " + ", ".join(PROXY_MODES)),)),
          "clusterDomain": Scalar("string", (checks.DNS_SUBDOMAIN,)),

@@ -242,6 +242,7 @@ def lab(data: Data, name: str, source: Source) -> Lab:
         name=name,
         nodes=nodes,
         pod_cidr=spec.get("podCIDR", defaults.pod_cidr),
+        pod_cidr_per_node=spec.get("podCIDRPerNode", defaults.pod_cidr_per_node),
         service_cidr=spec.get("serviceCIDR", defaults.service_cidr),
         node_cidr=spec.get("nodeCIDR", defaults.node_cidr),
         load_balancer_cidr=spec.get("loadBalancerCIDR", defaults.load_balancer_cidr),

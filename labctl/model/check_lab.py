@@ -8,8 +8,10 @@ import math
 from labctl.model.context import Context, Workload, label_of, network
 from labctl.model.objects import Lab, Pod
 
-NODE_POD_PREFIX = 24  # each node gets one /24 of the pod CIDR
-PODS_PER_NODE = 253  # a /24 minus network, broadcast and the cni0 gateway (.1)
+
+def pods_per_node(prefix: int) -> int:
+    """A node subnet minus network, broadcast and the cni0 gateway (.1)."""
+    return 2 ** (32 - prefix) - 3
 RANGES = (("podCIDR", "pod_cidr"), ("serviceCIDR", "service_cidr"),
           ("nodeCIDR", "node_cidr"), ("loadBalancerCIDR", "load_balancer_cidr"))
 
@@ -64,20 +66,22 @@ def check_overlaps(ctx: Context, lab: Lab) -> None:
 
 def check_pod_cidr(ctx: Context, lab: Lab) -> None:
     net = network(lab.pod_cidr)
+    per_node = lab.pod_cidr_per_node
     if net is None:
         return
-    if net.prefixlen > NODE_POD_PREFIX:
+    if net.prefixlen > per_node:
         ctx.error(lab, "spec.podCIDR",
-                  f"podCIDR {net} is smaller than the /24 each node gets",
-                  "use a prefix of at most /24, e.g. 10.244.0.0/16")
+                  f"podCIDR {net} is smaller than the /{per_node} each node gets",
+                  f"use a prefix of at most /{per_node}, e.g. 10.244.0.0/16")
         return
-    slots = 2 ** (NODE_POD_PREFIX - net.prefixlen)
+    slots = 2 ** (per_node - net.prefixlen)
     if len(lab.nodes) > slots:
-        need = NODE_POD_PREFIX - math.ceil(math.log2(len(lab.nodes)))
+        need = per_node - math.ceil(math.log2(len(lab.nodes)))
         ctx.error(lab, "spec.podCIDR",
-                  f"podCIDR {net} holds {slots} node /24s, but the lab has "
+                  f"podCIDR {net} holds {slots} node /{per_node}s, but the lab has "
                   f"{len(lab.nodes)} nodes",
-                  f"each node gets a /24 of the pod CIDR: use a prefix of /{need} or shorter")
+                  f"each node gets a /{per_node} of the pod CIDR: use a prefix of /{need} "
+                  "or shorter")
 
 
 def check_node_cidr(ctx: Context, lab: Lab) -> None:
@@ -96,21 +100,23 @@ def check_node_cidr(ctx: Context, lab: Lab) -> None:
 
 def check_pod_count(ctx: Context, lab: Lab) -> None:
     net = network(lab.pod_cidr)
-    if net is None or net.prefixlen > NODE_POD_PREFIX:
+    per_node = lab.pod_cidr_per_node
+    if net is None or net.prefixlen > per_node:
         return
-    usable_nodes = min(len(lab.nodes), 2 ** (NODE_POD_PREFIX - net.prefixlen))
+    usable_nodes = min(len(lab.nodes), 2 ** (per_node - net.prefixlen))
     counts: list[tuple[int, str, Pod | Workload]] = [
         (1, label_of(p), p) for p in ctx.top.pods]
     counts += [(max(w.replicas, 0), label_of(w), w) for w in ctx.workloads()]
     total = sum(c[0] for c in counts)
-    capacity = usable_nodes * PODS_PER_NODE
+    capacity = usable_nodes * pods_per_node(per_node)
     if total <= capacity:
         return
     count, name, owner = max(counts, key=lambda c: c[0])
-    message = (f"{total} pods do not fit on {usable_nodes} node(s): each node's /24 holds "
-               f"{PODS_PER_NODE} pods ({name} alone has {count})")
+    message = (f"{total} pods do not fit on {usable_nodes} node(s): each node's "
+               f"/{per_node} holds {pods_per_node(per_node)} pods ({name} alone has {count})")
     hint = (f"add nodes to the Lab's spec.nodes (at least "
-            f"{math.ceil(total / PODS_PER_NODE)}), or lower replicas")
+            f"{math.ceil(total / pods_per_node(per_node))}), lower replicas, or give each "
+            "node a larger pod subnet with spec.podCIDRPerNode (e.g. 22)")
     # Point at the Lab's node list when it was written, else at the biggest workload.
     if ctx.written(lab, "spec.nodes") or isinstance(owner, Pod):
         ctx.error(lab, "spec.nodes", message, hint)

@@ -68,6 +68,9 @@ class Lab:
     name: str
     nodes: tuple[NodeSpec, ...] = (NodeSpec("node1"), NodeSpec("node2"))
     pod_cidr: str = "10.244.0.0/16"
+    # Prefix length of each node's share of pod_cidr (kube-controller-manager's
+    # --node-cidr-mask-size): /24 holds 253 pods per node, /22 holds 1021.
+    pod_cidr_per_node: int = 24
     service_cidr: str = "10.96.0.0/12"
     node_cidr: str = "172.18.0.0/24"
     load_balancer_cidr: str = "192.168.200.0/24"

@@ -20,7 +20,7 @@ NODE_SYSCTLS = (
 def render(state: ClusterState) -> Plan:
     lab = state.lab.name
     node_len = ipaddress.IPv4Network(state.lab.node_cidr).prefixlen
-    pod_len = 24
+    pod_len = state.lab.pod_cidr_per_node
     nss = [Namespace(state.fabric_netns, "fabric")]
     nss += [Namespace(n.netns, "node", NODE_SYSCTLS) for n in state.nodes]
     nss.append(Namespace(state.external_netns, "external"))

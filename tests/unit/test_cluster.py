@@ -166,3 +166,11 @@ def test_endpoints_carry_node_and_hostname_for_statefulsets() -> None:
     eps = [ep for s in state.endpoint_slices for ep in s.endpoints]
     assert sorted(ep.hostname for ep in eps) == ["db-0", "db-1"]
     assert all(ep.node_name for ep in eps)
+
+
+def test_pod_cidr_per_node_makes_room_for_large_labs() -> None:
+    state = compile_state(topology(lab("a", "b", "c", pod_cidr_per_node=22),
+                                   deployments=(deployment("web", 1000, {"app": "web"}),)))
+    assert [n.pod_cidr for n in state.nodes] == ["10.244.0.0/22", "10.244.4.0/22",
+                                                 "10.244.8.0/22"]
+    assert len({p.ip for p in state.pods}) == 1000
