@@ -1,9 +1,9 @@
 """Address management: node pod /24s, pod IPs, and the node network (pure, deterministic).
 
 Every node gets the next /24 (or the Lab's podCIDRPerNode) of the pod CIDR, as
-kube-controller-manager's --node-cidr-mask-size does; its cni0 bridge takes .1 and pods take .2 upwards in
-namespace/name order. An address a pod had in the previous state is kept, so applying
-a change does not renumber the pods that stay.
+kube-controller-manager's --node-cidr-mask-size does; its cni0 bridge takes .1 and pods
+take .2 upwards in namespace/name order. An address a pod had in the previous state is
+kept, so applying a change does not renumber the pods that stay.
 """
 
 from __future__ import annotations

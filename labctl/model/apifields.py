@@ -240,7 +240,8 @@ LAB = struct(
          "podCIDR": _CIDR, "serviceCIDR": _CIDR,
          "podCIDRPerNode": Scalar("integer", (checks.int_range(
              16, 28, "a prefix length", "podCIDRPerNode is the prefix of each node's pod "
-             "subnet, 16-28 (24: 253 pods per node)"),)), "nodeCIDR": _CIDR, "loadBalancerCIDR": _CIDR,
+             "subnet, 16-28 (24: 253 pods per node)"),)),
+         "nodeCIDR": _CIDR, "loadBalancerCIDR": _CIDR,
          "proxyMode": Scalar("string", (checks.one_of(
              *PROXY_MODES, hint="proxyMode is one of " + ", ".join(PROXY_MODES)),)),
          "clusterDomain": Scalar("string", (checks.DNS_SUBDOMAIN,)),

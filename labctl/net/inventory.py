@@ -19,7 +19,7 @@ def mark_of(name: str) -> str | None:
     """The ownership mark of a named namespace, or None (not ours, or not a namespace)."""
     try:
         with netns.entered(name), Rtnl() as sock:
-            return sock.link("lo").get_attr("IFLA_IFALIAS")
+            return sock.link("lo").alias
     except OSError:
         return None
 

@@ -1,50 +1,80 @@
-"""A batching rtnetlink socket: pyroute2's message codecs over one plain netlink socket.
+"""A batching rtnetlink client: the few messages a lab needs, over one plain socket.
 
-Why not `pyroute2.IPRoute` for the bulk work: each of its calls is a full asyncio round
-trip (0.3–0.8 ms), and in 0.9 a handle acts in the namespace of the *thread* that uses
-it (reference/anchors.md §5). A plain `AF_NETLINK` socket is bound for life to the
-namespace it was opened in, whichever thread uses it, and lets us send a whole batch of
-requests in one `send` and read their acknowledgements back in order — the kernel
-processes them one after another, exactly as if they were sent singly.
+Why not `pyroute2.IPRoute` for building labs:
+* each of its calls is a full asyncio round trip, and in 0.9 a handle acts in the
+  namespace of the *thread* that uses it (reference/anchors.md §5, DANGER). A plain
+  `AF_NETLINK` socket is bound for life to the namespace it was opened in, whichever
+  thread uses it;
+* importing pyroute2 costs ~110 ms per command and its generic codec ~1 ms per pod.
+
+So this module encodes the six request shapes labctl sends (link add/set, addr add,
+route add, link get, link dump) with `struct`, queues them, and sends each namespace's
+batch in one `send`; the kernel processes the messages in order, exactly as if they had
+been sent singly, and acknowledges each. The first refusal is raised with the
+equivalent `ip` command in its text. pyroute2 remains the library for IPVS.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
-from pyroute2.netlink import (
-    NLM_F_ACK,
-    NLM_F_CREATE,
-    NLM_F_DUMP,
-    NLM_F_EXCL,
-    NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
-)
-from pyroute2.netlink.rtnl import (
-    RTM_GETADDR,
-    RTM_GETLINK,
-    RTM_GETROUTE,
-    RTM_NEWADDR,
-    RTM_NEWLINK,
-    RTM_NEWROUTE,
-    RTM_SETLINK,
-)
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
-
+# <linux/netlink.h>, <linux/rtnetlink.h>, <linux/if_link.h>, <linux/veth.h>
 NETLINK_ROUTE = 0
-_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+RTM_NEWLINK, RTM_GETLINK, RTM_SETLINK = 16, 18, 19
+RTM_NEWADDR, RTM_NEWROUTE = 20, 24
+IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 3, 10, 18, 20, 28
+IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+RTA_DST, RTA_GATEWAY, RTA_TABLE = 1, 5, 15
+IFF_UP = 0x1
+RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RTN_UNICAST = 254, 3, 0, 253, 1
+
+_HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+_IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
+_IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg: family, prefixlen, flags, scope, index
+_RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg
+_ATTR = struct.Struct("=HH")
 _ERR = struct.Struct("=i")
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 CHANGE = NLM_F_REQUEST | NLM_F_ACK
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = _ATTR.size + len(payload)
+    return _ATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
+
+
+def _str(kind: int, text: str) -> bytes:
+    return _attr(kind, text.encode() + b"\0")
+
+
+def _u32(kind: int, value: int) -> bytes:
+    return _attr(kind, struct.pack("=I", value))
+
+
+def _ip4(kind: int, address: str) -> bytes:
+    return _attr(kind, socket.inet_aton(address))
+
+
+def _attrs(data: bytes) -> dict[int, bytes]:
+    out = {}
+    off = 0
+    while off + _ATTR.size <= len(data):
+        length, kind = _ATTR.unpack_from(data, off)
+        if length < _ATTR.size:
+            break
+        out[kind & 0x3FFF] = data[off + _ATTR.size:off + length]
+        off += (length + 3) & ~3
+    return out
+
+
+def _cstr(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.split(b"\0", 1)[0].decode()
 
 
 class NetlinkError(OSError):
@@ -55,10 +85,12 @@ class NetlinkError(OSError):
         super().__init__(code, f"{what}: {os.strerror(code)}")
 
 
-@dataclass
-class Request:
-    data: bytes
-    what: str  # for errors: "ip link add veth0a000102 ..."
+@dataclass(frozen=True)
+class Link:
+    index: int
+    ifname: str
+    alias: str | None
+    flags: int
 
 
 class Rtnl:
@@ -71,8 +103,8 @@ class Rtnl:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind((0, 0))
         self.seq = 0
-        self._done = 0
-        self.pending: list[Request] = []
+        self._done = 0  # the last sequence number answered
+        self.pending: list[tuple[bytes, str]] = []  # (message, what it means)
 
     def close(self) -> None:
         self.sock.close()
@@ -85,16 +117,15 @@ class Rtnl:
 
     # ------------------------------------------------------------ batching
 
-    def _queue(self, msg: Any, mtype: int, flags: int, what: str) -> None:
+    def _message(self, mtype: int, flags: int, body: bytes) -> bytes:
         self.seq += 1
-        msg["header"]["type"] = mtype
-        msg["header"]["flags"] = flags
-        msg["header"]["sequence_number"] = self.seq
-        msg.encode()
-        self.pending.append(Request(bytes(msg.data), what))
+        return _HDR.pack(_HDR.size + len(body), mtype, flags, self.seq, 0) + body
+
+    def _queue(self, mtype: int, flags: int, body: bytes, what: str) -> None:
+        self.pending.append((self._message(mtype, flags, body), what))
 
     def flush(self) -> None:
-        """Send every queued request and wait for all acknowledgements; raise the first error."""
+        """Send every queued request, wait for all acknowledgements, raise the first error."""
         pending, self.pending = self.pending, []
         if not pending:
             return
@@ -104,17 +135,17 @@ class Rtnl:
         while i < len(pending):  # chunks of ~256 KiB stay well inside the socket buffers
             j, size = i, 0
             while j < len(pending) and size < 1 << 18:
-                size += len(pending[j].data)
+                size += len(pending[j][0])
                 j += 1
-            self.sock.send(b"".join(r.data for r in pending[i:j]))
+            self.sock.send(b"".join(msg for msg, _ in pending[i:j]))
             failure = self._read_acks(first, pending, first + j - 1, failure)
             i = j
         if failure:
             raise failure
 
-    def _read_acks(self, first: int, pending: list[Request], last: int,
+    def _read_acks(self, first: int, pending: list[tuple[bytes, str]], last: int,
                    failure: NetlinkError | None) -> NetlinkError | None:
-        done = self._done
+        done = max(self._done, first - 1)
         while done < last:
             buf = self.sock.recv(1 << 20)
             off = 0
@@ -123,152 +154,103 @@ class Rtnl:
                 if mtype == NLMSG_ERROR:
                     (code,) = _ERR.unpack_from(buf, off + _HDR.size)
                     if code and failure is None:
-                        failure = NetlinkError(-code, pending[seq - first].what)
+                        failure = NetlinkError(-code, pending[seq - first][1])
                     done = max(done, seq)
                 off += (length + 3) & ~3
         self._done = done
         return failure
 
-    # ------------------------------------------------------------ dumps
+    # ------------------------------------------------------------ queued requests
 
-    def _dump(self, mtype: int, msg: Any) -> list[Any]:
+    def link_add(self, ifname: str, kind: str, *, up: bool = False, alias: str = "",
+                 master: int = 0, peer: str = "", peer_ns_fd: int = -1,
+                 what: str = "") -> None:
+        flags = IFF_UP if up else 0
+        info = _str(IFLA_INFO_KIND, kind)
+        if kind == "veth" and peer:
+            peer_attrs = _str(IFLA_IFNAME, peer)
+            if peer_ns_fd >= 0:
+                peer_attrs += _u32(IFLA_NET_NS_FD, peer_ns_fd)
+            peer_msg = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + peer_attrs
+            info += _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer_msg))
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, flags, flags)
+        body += _str(IFLA_IFNAME, ifname) + _attr(IFLA_LINKINFO, info)
+        if master:
+            body += _u32(IFLA_MASTER, master)
+        if alias:
+            body += _str(IFLA_IFALIAS, alias)
+        self._queue(RTM_NEWLINK, CREATE, body, what or f"ip link add {ifname} type {kind}")
+
+    def link_set(self, *, index: int = 0, ifname: str = "", up: bool | None = None,
+                 alias: str | None = None, master: int | None = None, what: str = "") -> None:
+        change = IFF_UP if up is not None else 0
+        flags = IFF_UP if up else 0
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, index, flags, change)
+        if not index:
+            body += _str(IFLA_IFNAME, ifname)
+        if alias is not None:
+            body += _str(IFLA_IFALIAS, alias)
+        if master is not None:
+            body += _u32(IFLA_MASTER, master)
+        self._queue(RTM_SETLINK, CHANGE, body, what or f"ip link set {ifname or index}")
+
+    def addr_add(self, index: int, address: str, prefixlen: int, what: str = "") -> None:
+        body = _IFADDR.pack(socket.AF_INET, prefixlen, 0, RT_SCOPE_UNIVERSE, index)
+        body += _ip4(IFA_LOCAL, address) + _ip4(IFA_ADDRESS, address)
+        self._queue(RTM_NEWADDR, CREATE, body, what or f"ip addr add {address}/{prefixlen}")
+
+    def route_add(self, dst: str, prefixlen: int, gateway: str, what: str = "") -> None:
+        scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
+        body = _RTMSG.pack(socket.AF_INET, prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope,
+                           RTN_UNICAST, 0)
+        body += _u32(RTA_TABLE, RT_TABLE_MAIN)
+        if prefixlen:
+            body += _ip4(RTA_DST, dst)
+        if gateway:
+            body += _ip4(RTA_GATEWAY, gateway)
+        self._queue(RTM_NEWROUTE, CREATE, body, what or f"ip route add {dst}/{prefixlen}")
+
+    # ------------------------------------------------------------ immediate queries
+
+    def link(self, ifname: str) -> Link:
+        """One link by name (a targeted get, not a dump of every link)."""
         self.flush()
-        self.seq += 1
-        msg["header"]["type"] = mtype
-        msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
-        msg["header"]["sequence_number"] = self.seq
-        msg.encode()
-        self.sock.send(msg.data)
-        out: list[Any] = []
-        cls = type(msg)
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _str(IFLA_IFNAME, ifname)
+        self.sock.send(self._message(RTM_GETLINK, NLM_F_REQUEST, body))
+        buf = self.sock.recv(1 << 16)
+        self._done = self.seq
+        length, rtype, _f, _seq, _p = _HDR.unpack_from(buf, 0)
+        if rtype == NLMSG_ERROR:
+            (code,) = _ERR.unpack_from(buf, _HDR.size)
+            raise NetlinkError(-code, f"ip link show {ifname}")
+        return _link(buf[_HDR.size:length])
+
+    def link_index(self, ifname: str) -> int:
+        return self.link(ifname).index
+
+    def links(self) -> list[Link]:
+        """Every link of this namespace (a dump)."""
+        self.flush()
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        self.sock.send(self._message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, body))
+        out = []
         while True:
             buf = self.sock.recv(1 << 20)
             off = 0
             while off < len(buf):
-                length, rtype, _f, seq, _p = _HDR.unpack_from(buf, off)
+                length, rtype, _f, _seq, _p = _HDR.unpack_from(buf, off)
                 if rtype == NLMSG_DONE:
                     self._done = self.seq
                     return out
                 if rtype == NLMSG_ERROR:
                     (code,) = _ERR.unpack_from(buf, off + _HDR.size)
-                    raise NetlinkError(-code, "dump")
-                reply = cls(buf[off:off + length])
-                reply.decode()
-                out.append(reply)
+                    raise NetlinkError(-code, "ip link show")
+                out.append(_link(buf[off + _HDR.size:off + length]))
                 off += (length + 3) & ~3
 
-    def links(self) -> list[Any]:
-        msg = ifinfmsg()
-        msg["family"] = socket.AF_UNSPEC
-        return self._dump(RTM_GETLINK, msg)
 
-    def addrs(self) -> list[Any]:
-        msg = ifaddrmsg()
-        msg["family"] = socket.AF_UNSPEC
-        return self._dump(RTM_GETADDR, msg)
-
-    def routes(self) -> list[Any]:
-        msg = rtmsg()
-        msg["family"] = socket.AF_UNSPEC
-        return self._dump(RTM_GETROUTE, msg)
-
-    # ------------------------------------------------------------ requests (queued)
-
-    def link_add(self, ifname: str, kind: str, *, up: bool = False, alias: str = "",
-                 master: int = 0, peer: str = "", peer_ns_fd: int = -1,
-                 what: str = "") -> None:
-        msg = ifinfmsg()
-        msg["family"] = socket.AF_UNSPEC
-        if up:
-            msg["flags"] = msg["change"] = IFF_UP
-        data: list[tuple[str, Any]] = []
-        if kind == "veth" and peer:
-            peer_attrs: list[tuple[str, Any]] = [("IFLA_IFNAME", peer)]
-            if peer_ns_fd >= 0:
-                peer_attrs.append(("IFLA_NET_NS_FD", peer_ns_fd))
-            data = [("VETH_INFO_PEER", {"attrs": peer_attrs})]
-        linkinfo: list[tuple[str, Any]] = [("IFLA_INFO_KIND", kind)]
-        if data:
-            linkinfo.append(("IFLA_INFO_DATA", {"attrs": data}))
-        attrs: list[tuple[str, Any]] = [("IFLA_IFNAME", ifname),
-                                        ("IFLA_LINKINFO", {"attrs": linkinfo})]
-        if master:
-            attrs.append(("IFLA_MASTER", master))
-        if alias:
-            attrs.append(("IFLA_IFALIAS", alias))
-        msg["attrs"] = attrs
-        self._queue(msg, RTM_NEWLINK, CREATE, what or f"ip link add {ifname} type {kind}")
-
-    def link_set(self, *, index: int = 0, ifname: str = "", up: bool | None = None,
-                 alias: str | None = None, master: int | None = None, what: str = "") -> None:
-        msg = ifinfmsg()
-        msg["family"] = socket.AF_UNSPEC
-        msg["index"] = index
-        if up is not None:
-            msg["change"] = IFF_UP
-            msg["flags"] = IFF_UP if up else 0
-        attrs: list[tuple[str, Any]] = []
-        if not index:
-            attrs.append(("IFLA_IFNAME", ifname))
-        if alias is not None:
-            attrs.append(("IFLA_IFALIAS", alias))
-        if master is not None:
-            attrs.append(("IFLA_MASTER", master))
-        msg["attrs"] = attrs
-        self._queue(msg, RTM_SETLINK, CHANGE, what or f"ip link set {ifname or index}")
-
-    def addr_add(self, index: int, address: str, prefixlen: int, what: str = "") -> None:
-        msg = ifaddrmsg()
-        msg["family"] = socket.AF_INET
-        msg["prefixlen"] = prefixlen
-        msg["index"] = index
-        msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
-        self._queue(msg, RTM_NEWADDR, CREATE, what or f"ip addr add {address}/{prefixlen}")
-
-    def route_add(self, dst: str, prefixlen: int, gateway: str = "", oif: int = 0,
-                  what: str = "") -> None:
-        msg = rtmsg()
-        msg["family"] = socket.AF_INET
-        msg["dst_len"] = prefixlen
-        msg["table"] = 254  # main
-        msg["proto"] = 3  # boot, as `ip route add`
-        msg["scope"] = 0 if gateway else 253  # universe / link
-        msg["type"] = 1  # unicast
-        attrs: list[tuple[str, Any]] = [("RTA_TABLE", 254)]
-        if prefixlen:
-            attrs.append(("RTA_DST", dst))
-        if gateway:
-            attrs.append(("RTA_GATEWAY", gateway))
-        if oif:
-            attrs.append(("RTA_OIF", oif))
-        msg["attrs"] = attrs
-        self._queue(msg, RTM_NEWROUTE, CREATE, what or f"ip route add {dst}/{prefixlen}")
-
-    def link(self, ifname: str) -> Any:
-        """One link by name (a targeted get, not a dump of every link)."""
-        self.flush()
-        msg = ifinfmsg()
-        msg["family"] = socket.AF_UNSPEC
-        msg["attrs"] = [("IFLA_IFNAME", ifname)]
-        self.seq += 1
-        msg["header"]["type"] = RTM_GETLINK
-        msg["header"]["flags"] = NLM_F_REQUEST
-        msg["header"]["sequence_number"] = self.seq
-        msg.encode()
-        self.sock.send(msg.data)
-        buf = self.sock.recv(1 << 16)
-        _length, rtype, _f, _seq, _p = _HDR.unpack_from(buf, 0)
-        self._done = self.seq
-        if rtype == NLMSG_ERROR:
-            (code,) = _ERR.unpack_from(buf, _HDR.size)
-            raise NetlinkError(-code or errno.ENODEV, f"ip link show {ifname}")
-        reply = ifinfmsg(buf)
-        reply.decode()
-        return reply
-
-    def link_index(self, ifname: str) -> int:
-        return int(self.link(ifname)["index"])
-
-
-def link_names(links: Iterable[Any]) -> list[str]:
-    return [link.get_attr("IFLA_IFNAME") for link in links]
+def _link(payload: bytes) -> Link:
+    _family, _type, index, flags, _change = _IFINFO.unpack_from(payload, 0)
+    attrs = _attrs(payload[_IFINFO.size:])
+    return Link(index=index, ifname=_cstr(attrs.get(IFLA_IFNAME)) or "",
+                alias=_cstr(attrs.get(IFLA_IFALIAS)), flags=flags)
