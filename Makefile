@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml scripts/install-deps.sh
 setup: $(STAMP)
 
 demo: $(STAMP)
+	$(LABCTL) down quickstart -q
 	$(LABCTL) up topologies/quickstart --tour
 
 test: $(STAMP) lint test-unit test-integration

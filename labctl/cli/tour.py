@@ -37,10 +37,14 @@ def tour(state: ClusterState) -> None:
 
 
 def _cross_node_pair(state: ClusterState):  # -> (client, server, port) | None
-    servers = [(p, c.ports[0].container_port) for p in state.pods for c in p.spec.containers
-               if c.ports and c.ports[0].protocol == "TCP" and not c.command]
+    # Prefer a Deployment's pod as the server and a bare pod as the client.
+    servers = sorted(((p, c.ports[0].container_port) for p in state.pods
+                      for c in p.spec.containers
+                      if c.ports and c.ports[0].protocol == "TCP" and not c.command),
+                     key=lambda sp: sp[0].owner is None)
+    clients = sorted(state.pods, key=lambda p: p.owner is not None)
     for server, port in servers:
-        for client in state.pods:
+        for client in clients:
             if client.node != server.node:
                 return client, server, port
     return None
