@@ -63,11 +63,14 @@ def apply_plan(plan: Plan, progress: Progress | None = None) -> dict[str, float]
         t = time.perf_counter()
         _addresses_and_routes(plan, socks)
         times["addresses"] = time.perf_counter() - t
-    except BaseException:
+    except BaseException as exc:
         for sock in socks.values():
             sock.close()
         for name in reversed(made):
             netns.delete(name)
+        if isinstance(exc, NetlinkError):
+            raise ApplyError(f"the kernel refused `{exc.what}`: {exc.strerror}; "
+                             "nothing of the lab was left behind") from exc
         raise
     for sock in socks.values():
         sock.close()
@@ -81,7 +84,7 @@ def _links(plan: Plan, socks: dict[str, Rtnl]) -> None:
         sock.link_add(br.ifname, "bridge", up=True, alias=plan.mark,
                       what=f"ip -n {br.netns} link add {br.ifname} type bridge")
     for ns in {br.netns for br in plan.bridges}:
-        _flush(socks[ns])
+        socks[ns].flush()
     for br in plan.bridges:
         bridge_index[br.netns, br.ifname] = socks[br.netns].link_index(br.ifname)
 
@@ -97,7 +100,7 @@ def _links(plan: Plan, socks: dict[str, Rtnl]) -> None:
                 what=f"ip -n {v.netns} link add {v.ifname} type veth peer name "
                      f"{v.peer_ifname} netns {v.peer_netns}")
         for ns in by_ns:
-            _flush(socks[ns])
+            socks[ns].flush()
     finally:
         for fds in by_ns.values():
             for fd in fds:
@@ -131,11 +134,6 @@ def _addresses_and_routes(plan: Plan, socks: dict[str, Rtnl]) -> None:
                                  what=f"ip -n {r.netns} route add {r.dst} via {r.via}")
         touched.add(r.netns)
     for ns in touched:
-        _flush(socks[ns])
+        socks[ns].flush()
 
 
-def _flush(sock: Rtnl) -> None:
-    try:
-        sock.flush()
-    except NetlinkError as exc:
-        raise ApplyError(f"the kernel refused `{exc.what}`: {exc.strerror}") from exc

@@ -189,3 +189,22 @@ def test_down_with_the_agent_killed_still_ends_everything(tmp_path: Path) -> Non
     labctl("down", "it-dead")
     assert_gone("it-dead")
     assert processes_in(inodes) == []
+
+
+def test_a_kernel_refusal_halfway_undoes_the_namespaces_already_made() -> None:
+    """The executor on a plan whose last step the kernel refuses (a real failure)."""
+    from dataclasses import replace
+
+    from labctl.cluster.compile import compile_state
+    from labctl.model.objects import Lab, NodeSpec, Topology
+    from labctl.net.apply import ApplyError, apply_plan
+    from labctl.plan.model import Address
+    from labctl.plan.render import render
+
+    state = compile_state(Topology(lab=Lab("it-refused", nodes=(NodeSpec("n1"),))))
+    plan = render(state)
+    bad = Address(plan.namespaces[1].name, "eth9", "10.9.9.9/24")  # no such interface
+    with pytest.raises(ApplyError) as exc:
+        apply_plan(replace(plan, addresses=(*plan.addresses, bad)))
+    assert "eth9" in str(exc.value) or "10.9.9.9" in str(exc.value)
+    assert_gone("it-refused")
