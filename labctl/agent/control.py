@@ -274,3 +274,12 @@ def request(state_dir: str, payload: dict[str, Any], timeout: float = 2.0) -> di
 
 def status(state_dir: str, timeout: float = 2.0) -> dict[str, Any]:
     return request(state_dir, {"op": "status"}, timeout)
+
+
+def pod_states(state_dir: str, timeout: float = 2.0) -> dict[str, list[dict[str, Any]]] | None:
+    """Per pod key, its containers' states as the agent sees them; None without an agent."""
+    try:
+        reply = request(state_dir, {"op": "pods"}, timeout)
+    except LabctlError:
+        return None
+    return reply.get("pods") if reply.get("ok") else None

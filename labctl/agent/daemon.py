@@ -296,7 +296,28 @@ class Agent:
         op = req.get("op") if isinstance(req, dict) else None
         if op == "status":
             return self.status()
-        return {"ok": False, "error": f"unknown op {op!r} (known: status)"}
+        if op == "pods":
+            return {"ok": True, "pods": self.pod_states()}
+        return {"ok": False, "error": f"unknown op {op!r} (known: status, pods)"}
+
+    def pod_states(self) -> dict[str, list[dict[str, Any]]]:
+        """Per pod key, each container's state and restart count (for `labctl get pods`)."""
+        sups = {s.spec.name: s for s in self.supervisors}
+        served = {(lst.pod.key, lst.container.name) for lst in self.listeners}
+        out: dict[str, list[dict[str, Any]]] = {}
+        for pod in self.workloads.pods:
+            states = []
+            for c in pod.containers:
+                sup = sups.get(f"{pod.key}/{c.name}")
+                if sup is not None:
+                    states.append({"name": c.name, "state": sup.state(),
+                                   "restarts": sup.restarts})
+                else:  # the built-in server: running once its sockets are open
+                    ok = not c.ports or (pod.key, c.name) in served
+                    states.append({"name": c.name, "state": "Running" if ok else "Waiting",
+                                   "restarts": 0})
+            out[pod.key] = states
+        return out
 
     def status(self) -> dict[str, Any]:
         return {

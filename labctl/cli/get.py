@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from labctl.cli.output import age, as_list, table
 from labctl.cluster import views
 from labctl.cluster.state import ClusterState
@@ -12,8 +14,18 @@ KINDS = {"pods": "pods", "pod": "pods", "po": "pods", "nodes": "nodes", "node": 
          "endpointslice": "endpointslices"}
 
 
+def pod_columns(states: list[dict[str, Any]] | None, containers: int) -> tuple[str, str, int]:
+    """READY, STATUS, RESTARTS as kubectl shows them, from the agent's container states."""
+    if states is None:
+        return f"0/{containers}", "Unknown", 0
+    running = sum(1 for c in states if c["state"] == "Running")
+    waiting = [c["state"] for c in states if c["state"] != "Running"]
+    return (f"{running}/{containers}", waiting[0] if waiting else "Running",
+            sum(c["restarts"] for c in states))
+
+
 def show(state: ClusterState, resource: str, fmt: str | None, namespace: str | None,
-         created: float) -> str:
+         created: float, pod_states: dict[str, list[dict[str, Any]]] | None = None) -> str:
     kind = KINDS[resource]
     in_ns = (lambda ns: True) if namespace is None else (lambda ns: ns == namespace)
     ns_col = namespace is None
@@ -27,8 +39,9 @@ def show(state: ClusterState, resource: str, fmt: str | None, namespace: str | N
             headers += ["IP", "NODE"]
         rows = []
         for p in pods:
-            n = len(p.spec.containers)
-            row = [p.name, f"{n}/{n}", "Running", 0, since]
+            ready, status, restarts = pod_columns(
+                None if pod_states is None else pod_states.get(p.key), len(p.spec.containers))
+            row = [p.name, ready, status, restarts, since]
             if fmt == "wide":
                 row += [p.ip, p.node]
             rows.append(([p.namespace] if ns_col else []) + row)

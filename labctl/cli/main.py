@@ -237,13 +237,15 @@ def get(resource: str, fmt: str | None, namespace: str, all_namespaces: bool,
       labctl get svc -A
       labctl get endpointslices -o yaml
     """
-    from labctl.cli.get import show
+    from labctl.agent.control import pod_states
+    from labctl.cli.get import KINDS, show
     from labctl.lab import lifecycle, store
 
     lab = lifecycle.pick_lab(lab_name)
     rec = store.load(lab)
+    states = pod_states(store.state_dir(lab)) if KINDS[resource] == "pods" else None
     click.echo(show(store.state_of(lab), resource, fmt, None if all_namespaces else namespace,
-                    rec.created if rec else 0.0))
+                    rec.created if rec else 0.0, states))
 
 
 @cli.command(name="exec", context_settings={**CONTEXT, "ignore_unknown_options": True})

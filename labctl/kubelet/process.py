@@ -81,6 +81,17 @@ class Supervisor:
             return self.proc.pid
         return None
 
+    def state(self) -> str:
+        """kubectl's STATUS word for this container: Running, CrashLoopBackOff, Completed,
+        Error."""
+        if self.pid is not None:
+            return "Running"
+        finished = self._task is not None and self._task.done()
+        code = self.proc.returncode if self.proc is not None else None
+        if finished:
+            return "Completed" if code == 0 else "Error"
+        return "CrashLoopBackOff"
+
     def _log(self, msg: str) -> None:
         with open(self.spec.log_path, "a", encoding="utf-8") as f:
             f.write(f"{timestamp()} [labctl] {msg}\n")

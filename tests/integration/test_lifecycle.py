@@ -186,6 +186,8 @@ def test_down_with_the_agent_killed_still_ends_everything(tmp_path: Path) -> Non
         os.kill(int(f.read().split()[0]), signal.SIGKILL)
     time.sleep(0.2)
     assert "AGENT-DEAD" in labctl("status").stdout
+    pods = labctl("get", "pods", "--lab", "it-dead").stdout.splitlines()[1:]
+    assert pods and all(row.split()[2] == "Unknown" for row in pods)
     labctl("down", "it-dead")
     assert_gone("it-dead")
     assert processes_in(inodes) == []

@@ -59,6 +59,14 @@ spec:
     - name: http
       command: ["python3", "-m", "http.server", "8081", "--bind", "0.0.0.0"]
       ports: [{{containerPort: 8081}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: crasher, namespace: tools}}
+spec:
+  containers:
+    - name: c
+      command: ["sh", "-c", "echo boom; exit 3"]
 """
 
 
@@ -208,3 +216,16 @@ def test_get_tables(lab: dict[str, dict]) -> None:
     assert {ln.split()[0] for ln in out.splitlines()[1:]} == {"a1", "a2", "b1"}
     nodes = labctl("get", "nodes", "--lab", LAB).stdout
     assert "10.244.1.0/24" in nodes
+
+
+def test_get_pods_shows_what_the_agent_sees(lab: dict[str, dict]) -> None:
+    rows = {}
+    for _ in range(50):  # the crasher needs a moment to exit for the first time
+        out = labctl("get", "pods", "-A", "--lab", LAB).stdout
+        rows = {ln.split()[1]: ln.split() for ln in out.splitlines()[1:]}
+        if rows["crasher"][3] == "CrashLoopBackOff":
+            break
+        time.sleep(0.1)
+    assert rows["a1"][2:4] == ["2/2", "Running"]
+    assert rows["crasher"][2:4] == ["0/1", "CrashLoopBackOff"]
+    assert "boom" in labctl("logs", "crasher", "-n", "tools", "--lab", LAB).stdout
