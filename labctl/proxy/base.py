@@ -1,0 +1,269 @@
+"""What every proxy mode shares, as kube-proxy's pkg/proxy does: the per-ServicePort view
+of Services, the endpoints of each ServicePort and their categories, and chain names.
+
+Pure: no I/O. Each mode's `render(ProxyInput) -> ruleset` builds on this.
+See ../shared/reference/kube-proxy.md §1–2 for the upstream behaviour restated here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from labctl.cluster.state import ClusterState, ServiceState
+from labctl.model.objects import EndpointSlice
+
+MASQUERADE_BIT = 14  # kube-proxy's --iptables-masquerade-bit default
+DEFAULT_AFFINITY_TIMEOUT = 10800
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """The kube-proxy flags that change what is programmed (names follow kube-proxy's)."""
+
+    node_name: str
+    node_ips: tuple[str, ...]  # the node's own addresses (for firewall / nodeport-addresses)
+    cluster_cidr: str = ""  # --cluster-cidr: "" means no local-traffic detector
+    service_cidr: str = ""  # the service range (nftables: drop unallocated ClusterIPs)
+    nodeport_addresses: tuple[str, ...] = ()  # --nodeport-addresses; () = all local addresses
+    masquerade_all: bool = False  # --masquerade-all
+    localhost_nodeports: bool = True  # --iptables-localhost-nodeports
+    masquerade_bit: int = MASQUERADE_BIT
+
+    @property
+    def masquerade_mark(self) -> str:
+        """The mark as kube-proxy writes it: fmt.Sprintf("%#08x", 1<<bit) → 0x00004000."""
+        return f"{1 << self.masquerade_bit:#010x}"
+
+
+@dataclass(frozen=True)
+class ServicePortInfo:
+    """One `spec.ports[]` entry of a programmed Service (kube-proxy's ServicePort)."""
+
+    namespace: str
+    name: str
+    port_name: str
+    protocol: str  # TCP | UDP | SCTP
+    cluster_ip: str
+    port: int
+    node_port: int = 0
+    external_ips: tuple[str, ...] = ()
+    load_balancer_vips: tuple[str, ...] = ()
+    load_balancer_source_ranges: tuple[str, ...] = ()
+    session_affinity: bool = False  # ClientIP
+    sticky_seconds: int = DEFAULT_AFFINITY_TIMEOUT
+    external_policy_local: bool = False
+    internal_policy_local: bool = False
+    health_check_node_port: int = 0
+
+    @property
+    def spn(self) -> str:
+        """ServicePortName.String(): "ns/name" plus ":portName" when the port is named."""
+        base = f"{self.namespace}/{self.name}"
+        return f"{base}:{self.port_name}" if self.port_name else base
+
+    @property
+    def proto(self) -> str:
+        return self.protocol.lower()
+
+    @property
+    def externally_accessible(self) -> bool:
+        return bool(self.node_port or self.load_balancer_vips or self.external_ips)
+
+    @property
+    def uses_cluster_endpoints(self) -> bool:
+        return not self.internal_policy_local or self.externally_accessible
+
+    @property
+    def uses_local_endpoints(self) -> bool:
+        return self.internal_policy_local or (self.external_policy_local
+                                              and self.externally_accessible)
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    ip: str
+    port: int
+    ready: bool
+    serving: bool
+    terminating: bool
+    is_local: bool
+    node_name: str = ""
+    zone: str = ""
+
+    @property
+    def string(self) -> str:
+        """The endpoint string kube-proxy sorts and hashes: "IP:port"."""
+        return f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Categorized:
+    """kube-proxy's CategorizeEndpoints result for one ServicePort on one node."""
+
+    cluster: tuple[EndpointInfo, ...]
+    local: tuple[EndpointInfo, ...]
+    all_reachable: tuple[EndpointInfo, ...]
+    has_any: bool
+
+
+@dataclass(frozen=True)
+class ServicePortEndpoints:
+    info: ServicePortInfo
+    endpoints: tuple[EndpointInfo, ...]  # sorted by endpoint string
+    categorized: Categorized
+
+
+@dataclass(frozen=True)
+class ProxyInput:
+    """Everything a mode renders from: the node's flags and each ServicePort's endpoints."""
+
+    config: ProxyConfig
+    ports: tuple[ServicePortEndpoints, ...] = field(default=())
+
+
+# ----------------------------------------------------------------- Services → ServicePorts
+
+
+def _is_externally_accessible_type(svc: ServiceState) -> bool:
+    spec = svc.service
+    return spec.type in ("LoadBalancer", "NodePort") or (
+        spec.type == "ClusterIP" and bool(spec.external_ips))
+
+
+def service_ports(svc: ServiceState) -> list[ServicePortInfo]:
+    """The ServicePorts kube-proxy programs for one Service (none: headless/ExternalName)."""
+    spec = svc.service
+    if spec.type == "ExternalName" or not svc.cluster_ip or svc.cluster_ip == "None":
+        return []
+    vips = (svc.load_balancer_ip,) if svc.load_balancer_ip else ()
+    etp_local = spec.external_traffic_policy == "Local" and _is_externally_accessible_type(svc)
+    out = []
+    for port, alloc in zip(spec.ports, svc.ports, strict=True):
+        out.append(ServicePortInfo(
+            namespace=svc.namespace, name=svc.name, port_name=port.name,
+            protocol=port.protocol, cluster_ip=svc.cluster_ip, port=port.port,
+            node_port=alloc.node_port, external_ips=tuple(spec.external_ips),
+            load_balancer_vips=vips if spec.type == "LoadBalancer" else (),
+            load_balancer_source_ranges=tuple(r.strip()
+                                              for r in spec.load_balancer_source_ranges),
+            session_affinity=spec.session_affinity == "ClientIP",
+            sticky_seconds=spec.session_affinity_timeout,
+            external_policy_local=etp_local,
+            internal_policy_local=spec.internal_traffic_policy == "Local",
+            health_check_node_port=(spec.health_check_node_port
+                                    if spec.type == "LoadBalancer" and etp_local else 0)))
+    return out
+
+
+# ----------------------------------------------------------------- endpoints
+
+
+def endpoints_for(info: ServicePortInfo, slices: Iterable[EndpointSlice],
+                  node_name: str) -> tuple[EndpointInfo, ...]:
+    """Endpoints of one ServicePort from the Service's EndpointSlices, as kube-proxy reads
+    them: port matched by name and protocol, first address only, duplicates merged (a
+    non-terminating copy wins), sorted by the "IP:port" string."""
+    found: dict[str, EndpointInfo] = {}
+    for es in slices:
+        if es.meta.namespace != info.namespace or es.service_name != info.name:
+            continue
+        if es.address_type != "IPv4":
+            continue
+        port = next((p.port for p in es.ports
+                     if (p.name or "") == info.port_name and p.protocol == info.protocol
+                     and p.port), None)
+        if port is None:
+            continue
+        for ep in es.endpoints:
+            if not ep.addresses:
+                continue
+            c = ep.conditions
+            item = EndpointInfo(
+                ip=ep.addresses[0], port=port,
+                ready=c.ready is not False, serving=c.serving is not False,
+                terminating=c.terminating is True,
+                is_local=ep.node_name == node_name, node_name=ep.node_name, zone=ep.zone)
+            old = found.get(item.string)
+            if old is None or (old.terminating and not item.terminating):
+                found[item.string] = item
+    return tuple(found[k] for k in sorted(found))
+
+
+def categorize(info: ServicePortInfo, endpoints: Sequence[EndpointInfo]) -> Categorized:
+    cluster: tuple[EndpointInfo, ...] = ()
+    local: tuple[EndpointInfo, ...] = ()
+    if info.uses_cluster_endpoints:
+        cluster = tuple(e for e in endpoints if e.ready) or tuple(
+            e for e in endpoints if e.serving and e.terminating)
+    if info.uses_local_endpoints:
+        local = tuple(e for e in endpoints if e.is_local and e.ready) or tuple(
+            e for e in endpoints if e.is_local and e.serving and e.terminating)
+    has_any = any(e.ready or (e.serving and e.terminating) for e in endpoints)
+    seen = {e.string for e in cluster}
+    reachable = cluster + tuple(e for e in local if e.string not in seen)
+    return Categorized(cluster, local, tuple(sorted(reachable, key=lambda e: e.string)), has_any)
+
+
+def build_input(config: ProxyConfig, services: Iterable[ServiceState],
+                slices: Sequence[EndpointSlice]) -> ProxyInput:
+    ports = []
+    for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
+        for info in service_ports(svc):
+            eps = endpoints_for(info, slices, config.node_name)
+            ports.append(ServicePortEndpoints(info, eps, categorize(info, eps)))
+    return ProxyInput(config, tuple(ports))
+
+
+def config_for_node(state: ClusterState, node_name: str) -> ProxyConfig:
+    """The flags a lab's kube-proxy on `node_name` runs with (kind/kubeadm-like)."""
+    node = state.node(node_name)
+    return ProxyConfig(node_name=node.name, node_ips=(node.ip,),
+                       cluster_cidr=state.lab.pod_cidr, service_cidr=state.lab.service_cidr)
+
+
+def input_for_node(state: ClusterState, node_name: str) -> ProxyInput:
+    return build_input(config_for_node(state, node_name), state.services,
+                       state.endpoint_slices)
+
+
+# ----------------------------------------------------------------- names
+
+
+def _b32(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
+def port_proto_hash(info: ServicePortInfo) -> str:
+    """iptables: base32(sha256(spn + lower(protocol)))[:16]."""
+    return _b32(info.spn + info.proto)[:16]
+
+
+def endpoint_chain_hash(info: ServicePortInfo, endpoint: str) -> str:
+    """iptables: base32(sha256(spn + lower(protocol) + "IP:port"))[:16]."""
+    return _b32(info.spn + info.proto + endpoint)[:16]
+
+
+def nft_base_name(info: ServicePortInfo) -> str:
+    """nftables: "<ns>/<name>/<proto>/<portName>", hashed and truncated."""
+    return hash_and_truncate(f"{info.namespace}/{info.name}/{info.proto}/{info.port_name}")
+
+
+def nft_endpoint_name(info: ServicePortInfo, ep: EndpointInfo) -> str:
+    ip = ep.ip.replace(":", ".")
+    base = f"{info.namespace}/{info.name}/{info.proto}/{info.port_name}__{ip}/{ep.port}"
+    return hash_and_truncate(base)
+
+
+def hash_and_truncate(base: str, limit: int = 240) -> str:
+    name = _b32(base)[:8] + "-" + base
+    if len(name) > limit:
+        name = name[:limit - 3] + "..."
+    return name
+
+
+def probability(n: int) -> str:
+    """computeProbability: Go's %0.10f of 1/n."""
+    return f"{1.0 / n:.10f}"
