@@ -56,7 +56,7 @@ def allocate(lab: Lab, services: Iterable[Service],
             used_ips.add(svc.cluster_ip)
         used_ports.update(p.node_port for p in svc.ports if p.node_port)
     lb_pool = list(ipaddress.IPv4Network(lab.load_balancer_cidr).hosts())
-    used_lb = {s.load_balancer_ip for s in services if s.load_balancer_ip}
+    used_lb = {ip for s in services for ip in (s.load_balancer_ip, *s.load_balancer_ingress) if ip}
 
     out = []
     for svc in services:
@@ -79,7 +79,9 @@ def allocate(lab: Lab, services: Iterable[Service],
             ports.append(PortAllocation(port.name, port.protocol, port.port, node_port))
         lb_ip = ""
         if svc.type == "LoadBalancer":
-            lb_ip = svc.load_balancer_ip or (old.load_balancer_ip if old else "")
+            # A written status.loadBalancer.ingress is an address already assigned.
+            written = svc.load_balancer_ingress[0] if svc.load_balancer_ingress else ""
+            lb_ip = svc.load_balancer_ip or written or (old.load_balancer_ip if old else "")
             if not lb_ip:
                 lb_ip = next((str(ip) for ip in lb_pool if str(ip) not in used_lb), "")
                 if not lb_ip:

@@ -174,3 +174,11 @@ def test_pod_cidr_per_node_makes_room_for_large_labs() -> None:
     assert [n.pod_cidr for n in state.nodes] == ["10.244.0.0/22", "10.244.4.0/22",
                                                  "10.244.8.0/22"]
     assert len({p.ip for p in state.pods}) == 1000
+
+
+def test_a_written_load_balancer_ingress_is_kept() -> None:
+    state = compile_state(topology(services=(
+        service("lb", {"a": "b"}, type="LoadBalancer", load_balancer_ingress=("192.168.200.77",)),
+        service("lb2", {"a": "b"}, type="LoadBalancer"))))
+    by = {s.name: s.load_balancer_ip for s in state.services}
+    assert by == {"lb": "192.168.200.77", "lb2": "192.168.200.1"}
