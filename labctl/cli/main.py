@@ -5,45 +5,15 @@ Every command is thin: it parses, calls labctl's library, and formats the result
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-from collections.abc import Callable
-from typing import Any
 
 import click
 
 from labctl.cli import output
+from labctl.cli.common import CONTEXT, handle_errors, print_warnings
 from labctl.cli.output import age, err, table
-from labctl.errors import LabctlError, UserError
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print labctl's errors plainly (no traceback) and exit with their code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as exc:
-            err(exc.format())
-            sys.exit(exc.exit_code)
-        except LabctlError as exc:
-            err(f"error: {exc}")
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            err("interrupted")
-            sys.exit(130)
-
-    return wrapper
-
-
-def print_warnings(diags: list[Any], show_info: bool = False) -> None:
-    for d in diags:
-        if d.severity == "warning" or show_info:
-            err(d.format())
+from labctl.errors import LabctlError
 
 
 @click.group(context_settings=CONTEXT)
@@ -312,6 +282,13 @@ def logs(pod: str, container: str | None, namespace: str, follow: bool,
             sys.stdout.write(f.read())
     except FileNotFoundError:
         pass
+
+
+from labctl.cli.proxy import proxy, proxy_mode, rules  # noqa: E402 - after cli exists
+
+cli.add_command(rules)
+cli.add_command(proxy)
+cli.add_command(proxy_mode)
 
 
 def main() -> None:

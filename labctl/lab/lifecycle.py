@@ -23,6 +23,7 @@ from labctl.net import inventory
 from labctl.net.apply import apply_plan
 from labctl.plan.model import Plan
 from labctl.plan.render import render
+from labctl.proxy import sync
 
 Progress = Callable[[str, int, int], None]
 
@@ -43,13 +44,11 @@ def prepare(paths: Sequence[str]) -> tuple[ClusterState, Plan, list[Diagnostic]]
 
 
 def check_capabilities(state: ClusterState) -> None:
+    """Everything `up` needs, checked before anything is created."""
     if os.geteuid() != 0:
         raise CapabilityError("labctl up needs root (it creates network namespaces); "
                               "run it with sudo")
-    if state.lab.proxy_mode in ("ipvs",) and not os.path.exists("/proc/net/ip_vs"):
-        raise CapabilityError(
-            "proxyMode ipvs needs the ip_vs kernel module, which this kernel lacks; "
-            "use the Vagrant VM (vagrant/) or `make test-vm`")
+    sync.check(state)
 
 
 def up(paths: Sequence[str], progress: Progress | None = None) -> UpResult:
@@ -69,6 +68,10 @@ def up(paths: Sequence[str], progress: Progress | None = None) -> UpResult:
             t = time.perf_counter()
             apply_plan(plan, progress)
             timings["kernel"] = time.perf_counter() - t
+            t = time.perf_counter()
+            for node in state.nodes:
+                sync.sync_node(state, node.name)
+            timings["rules"] = time.perf_counter() - t
             t = time.perf_counter()
             with open(os.path.join(rec_dir(lab), "workloads.json"), "w") as f:
                 json.dump(workloads_document(state), f)
@@ -162,3 +165,29 @@ def pick_lab(lab: str | None) -> str:
     if len(labs) > 1:
         raise NotFoundError(f"several labs are up ({', '.join(labs)}); choose one with --lab")
     return labs[0]
+
+
+def set_proxy_mode(lab: str, mode: str) -> tuple[str, dict[str, float]]:
+    """Switch a running lab's kube-proxy mode: remove the old mode's rules from every
+    node, load the new mode's, and remember the choice. Returns (old mode, timings)."""
+    from dataclasses import replace
+
+    with store.locked(lab):
+        rec = store.load(lab)
+        if rec is None:
+            raise NotFoundError(f"lab {lab!r} is not up")
+        state = store.state_of(lab)
+        old = state.lab.proxy_mode
+        if old == mode:
+            return old, {}
+        new_state = replace(state, lab=replace(state.lab, proxy_mode=mode))
+        sync.check(new_state)
+        times: dict[str, float] = {}
+        for node in state.nodes:
+            t = time.perf_counter()
+            sync.cleanup_node(state, node.name, old)
+            sync.sync_node(new_state, node.name)
+            times[node.name] = time.perf_counter() - t
+        rec.proxy_mode = mode
+        store.save(rec)
+        return old, times

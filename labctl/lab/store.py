@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from labctl import names
 from labctl.cluster.state import ClusterState
@@ -33,6 +33,7 @@ class LabRecord:
     up_pid: int = 0  # the `labctl up` process while status is "creating"
     namespaces: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    proxy_mode: str = ""  # set by `labctl proxy-mode`: overrides the Lab's spec.proxyMode
 
 
 def state_dir(lab: str) -> str:
@@ -123,9 +124,12 @@ def state_of(lab: str) -> ClusterState:
     """Recompile the running lab's ClusterState from its saved manifests."""
     from labctl.cluster.compile import compile_files
 
-    if load(lab) is None:
+    rec = load(lab)
+    if rec is None:
         raise NotFoundError(f"lab {lab!r} is not up (no {record_path(lab)})")
     state, _ = compile_files(manifest_copies(lab), lab_name=lab)
+    if rec.proxy_mode:
+        state = replace(state, lab=replace(state.lab, proxy_mode=rec.proxy_mode))
     return state
 
 

@@ -244,6 +244,9 @@ LAB = struct(
          "nodeCIDR": _CIDR, "loadBalancerCIDR": _CIDR,
          "proxyMode": Scalar("string", (checks.one_of(
              *PROXY_MODES, hint="proxyMode is one of " + ", ".join(PROXY_MODES)),)),
+         "iptablesBackend": Scalar("string", (checks.one_of(
+             "nft", "legacy", hint="iptablesBackend is nft (iptables-nft) or legacy "
+             "(iptables-legacy); leave it out for the system's default"),)),
          "clusterDomain": Scalar("string", (checks.DNS_SUBDOMAIN,)),
      })})
 

@@ -247,6 +247,7 @@ def lab(data: Data, name: str, source: Source) -> Lab:
         node_cidr=spec.get("nodeCIDR", defaults.node_cidr),
         load_balancer_cidr=spec.get("loadBalancerCIDR", defaults.load_balancer_cidr),
         proxy_mode=spec.get("proxyMode", defaults.proxy_mode),
+        iptables_backend=spec.get("iptablesBackend", defaults.iptables_backend),
         cluster_domain=spec.get("clusterDomain", defaults.cluster_domain),
         source=source,
     )

@@ -75,6 +75,7 @@ class Lab:
     node_cidr: str = "172.18.0.0/24"
     load_balancer_cidr: str = "192.168.200.0/24"
     proxy_mode: str = "iptables"
+    iptables_backend: str = ""  # nft | legacy; "" = what `iptables` is on this system
     cluster_domain: str = "cluster.local"
     source: Source = field(default=Source(), compare=False)
 

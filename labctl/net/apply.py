@@ -99,6 +99,11 @@ def _links(plan: Plan, socks: dict[str, Rtnl]) -> None:
                 peer=v.peer_ifname, peer_ns_fd=fd,
                 what=f"ip -n {v.netns} link add {v.ifname} type veth peer name "
                      f"{v.peer_ifname} netns {v.peer_netns}")
+        for v in plan.veths:  # after creation: a port's options need it enslaved first
+            if v.hairpin:
+                socks[v.netns].bridge_port_hairpin(
+                    v.ifname,
+                    what=f"ip -n {v.netns} link set {v.ifname} type bridge_slave hairpin on")
         for ns in by_ns:
             socks[ns].flush()
     finally:

@@ -28,7 +28,8 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_GETLINK, RTM_SETLINK = 16, 18, 19
 RTM_NEWADDR, RTM_NEWROUTE = 20, 24
 IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 3, 10, 18, 20, 28
-IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+VETH_INFO_PEER, IFLA_BRPORT_MODE = 1, 4
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_GATEWAY, RTA_TABLE = 1, 5, 15
 IFF_UP = 0x1
@@ -193,6 +194,15 @@ class Rtnl:
         if master is not None:
             body += _u32(IFLA_MASTER, master)
         self._queue(RTM_SETLINK, CHANGE, body, what or f"ip link set {ifname or index}")
+
+    def bridge_port_hairpin(self, ifname: str, on: bool = True, what: str = "") -> None:
+        """`ip link set DEV type bridge_slave hairpin on`: let a bridge send a frame back
+        out of the port it came in by (a pod reaching itself through its Service)."""
+        slave = _attr(IFLA_BRPORT_MODE, bytes([1 if on else 0]))
+        info = _str(IFLA_INFO_SLAVE_KIND, "bridge") + _attr(IFLA_INFO_SLAVE_DATA, slave)
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _str(IFLA_IFNAME, ifname)
+        body += _attr(IFLA_LINKINFO, info)
+        self._queue(RTM_NEWLINK, CHANGE, body, what or f"ip link set {ifname} hairpin on")
 
     def addr_add(self, index: int, address: str, prefixlen: int, what: str = "") -> None:
         body = _IFADDR.pack(socket.AF_INET, prefixlen, 0, RT_SCOPE_UNIVERSE, index)

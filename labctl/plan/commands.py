@@ -31,6 +31,9 @@ def commands(plan: Plan) -> list[str]:
                        v.peer_ifname, "netns", v.peer_netns))
         master = ["master", v.master] if v.master else []
         out.append(_ip(v.netns, "link", "set", v.ifname, *master, "alias", plan.mark, "up"))
+        if v.hairpin:
+            out.append(_ip(v.netns, "link", "set", v.ifname, "type", "bridge_slave",
+                           "hairpin", "on"))
         out.append(_ip(v.peer_netns, "link", "set", v.peer_ifname, "alias", plan.mark, "up"))
     for a in plan.addresses:
         out.append(_ip(a.netns, "addr", "add", a.cidr, "dev", a.ifname))

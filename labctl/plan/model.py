@@ -31,6 +31,7 @@ class VethPair:
     peer_netns: str
     peer_ifname: str
     master: str = ""  # bridge in `netns` to enslave `ifname` to
+    hairpin: bool = False  # bridge port hairpin mode (kubelet's hairpin-veth)
 
 
 @dataclass(frozen=True)

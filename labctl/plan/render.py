@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 
 from labctl import names
-from labctl.cluster.state import ClusterState
+from labctl.cluster.state import ClusterState, NodeState, ServiceState
 from labctl.plan.model import Address, Bridge, Namespace, Plan, Route, VethPair
 
 NODE_SYSCTLS = (
@@ -22,7 +23,10 @@ def render(state: ClusterState) -> Plan:
     node_len = ipaddress.IPv4Network(state.lab.node_cidr).prefixlen
     pod_len = state.lab.pod_cidr_per_node
     nss = [Namespace(state.fabric_netns, "fabric")]
-    nss += [Namespace(n.netns, "node", NODE_SYSCTLS) for n in state.nodes]
+    node_sysctls = NODE_SYSCTLS
+    if state.lab.proxy_mode == "iptables":  # kube-proxy: NodePorts on 127.0.0.1 need this
+        node_sysctls += (("net.ipv4.conf.all.route_localnet", "1"),)
+    nss += [Namespace(n.netns, "node", node_sysctls) for n in state.nodes]
     nss.append(Namespace(state.external_netns, "external"))
     nss += [Namespace(p.netns, "pod") for p in state.pods]
 
@@ -41,11 +45,46 @@ def render(state: ClusterState) -> Plan:
     for node in state.nodes:  # host-gw style: every other node's pod /24 via that node
         routes += [Route(node.netns, other.pod_cidr, other.ip)
                    for other in state.nodes if other.name != node.name]
+    routes += external_routes(state)
     for pod in state.pods:
         node = state.node(pod.node)
-        veths.append(VethPair(node.netns, pod.host_veth, pod.netns, "eth0", names.POD_BRIDGE))
+        veths.append(VethPair(node.netns, pod.host_veth, pod.netns, "eth0", names.POD_BRIDGE,
+                              hairpin=True))
         addrs.append(Address(pod.netns, "eth0", f"{pod.ip}/{pod_len}"))
         routes.append(Route(pod.netns, "default", node.pod_gateway))
     return Plan(lab=lab, mark=names.owner_mark(lab), namespaces=tuple(nss),
                 bridges=tuple(bridges), veths=tuple(veths), addresses=tuple(addrs),
                 routes=tuple(routes))
+
+
+def announcing_node(state: ClusterState, svc: ServiceState) -> NodeState:
+    """The node the external network sends a Service's LoadBalancer/external IPs to.
+
+    Like MetalLB's layer-2 mode, one node answers for each address: with
+    externalTrafficPolicy Local a node that has a ready endpoint (traffic to a node
+    without one is dropped), otherwise a node picked by a hash of the Service's name.
+    """
+    if svc.service.external_traffic_policy == "Local":
+        hosts = sorted({ep.node_name for es in state.endpoint_slices
+                        if es.meta.namespace == svc.namespace and es.service_name == svc.name
+                        for ep in es.endpoints if ep.conditions.ready is not False})
+        for node in state.nodes:
+            if node.name in hosts:
+                return node
+    digest = hashlib.sha256(svc.key.encode()).digest()
+    return state.nodes[int.from_bytes(digest[:4], "big") % len(state.nodes)]
+
+
+def external_routes(state: ClusterState) -> list[Route]:
+    """The external client's routes to LoadBalancer IPs and externalIPs, one /32 each."""
+    out = []
+    seen: set[str] = set()
+    for svc in state.services:
+        addresses = [svc.load_balancer_ip] if svc.load_balancer_ip else []
+        addresses += list(svc.service.external_ips)
+        for ip in addresses:
+            if ip in seen:
+                continue
+            seen.add(ip)
+            out.append(Route(state.external_netns, f"{ip}/32", announcing_node(state, svc).ip))
+    return out

@@ -57,3 +57,28 @@ def test_nodes_route_each_others_pod_subnets_and_forward() -> None:
     node = next(ns for ns in plan.namespaces if ns.role == "node")
     assert ("net.ipv4.ip_forward", "1") in node.sysctls
     assert ("net.bridge.bridge-nf-call-iptables", "1") in node.sysctls
+
+
+def test_the_external_client_routes_load_balancer_ips_to_an_announcing_node() -> None:
+    from labctl.model.objects import ServicePort
+    from tests.unit.builders import service
+
+    pods = (pod("a", {"app": "a"}, node="node2"),)
+    svcs = (service("lb", {"app": "a"}, ServicePort(80, target_port=8080), type="LoadBalancer",
+                    external_traffic_policy="Local"),
+            service("ext", {"app": "a"}, external_ips=("203.0.113.9",)))
+    state = compile_state(topology(lab("node1", "node2", name="demo"), pods=pods, services=svcs))
+    plan = render(state)
+    ext = {(r.dst, r.via) for r in plan.routes if r.netns == "lc.demo.external"}
+    lb_ip = next(s.load_balancer_ip for s in state.services if s.name == "lb")
+    # eTP Local: the node that has the endpoint answers for the address
+    assert (f"{lb_ip}/32", "172.18.0.3") in ext
+    assert any(dst == "203.0.113.9/32" for dst, _ in ext)
+
+
+def test_pod_ports_are_hairpinned_and_nodes_allow_localhost_nodeports() -> None:
+    plan = small_plan()
+    assert all(v.hairpin for v in plan.veths if v.master == "cni0")
+    assert not any(v.hairpin for v in plan.veths if v.master == "br0")
+    node = next(ns for ns in plan.namespaces if ns.role == "node")
+    assert ("net.ipv4.conf.all.route_localnet", "1") in node.sysctls

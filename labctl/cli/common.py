@@ -1,0 +1,41 @@
+"""What every command shares: click settings, error handling, warnings."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from labctl.cli.output import err
+from labctl.errors import LabctlError, UserError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print labctl's errors plainly (no traceback) and exit with their code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            err(exc.format())
+            sys.exit(exc.exit_code)
+        except LabctlError as exc:
+            err(f"error: {exc}")
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err("interrupted")
+            sys.exit(130)
+
+    return wrapper
+
+
+def print_warnings(diags: list[Any], show_info: bool = False) -> None:
+    for d in diags:
+        if d.severity == "warning" or show_info:
+            err(d.format())
+
+

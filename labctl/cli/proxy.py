@@ -1,0 +1,129 @@
+"""kube-proxy commands: `rules`, `proxy render`, `proxy-mode`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import click
+
+from labctl.cli.common import CONTEXT, handle_errors
+from labctl.cli.output import err
+from labctl.errors import LabctlError
+
+RENDER_MODES = ("iptables", "nftables")
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("node")
+@click.option("--service", "service", metavar="NS/NAME",
+              help="Only the rules of one Service (NAME alone means namespace default).")
+@click.option("--lab", "lab_name", help="Which lab (default: the only one).")
+@handle_errors
+def rules(node: str, service: str | None, lab_name: str | None) -> None:
+    """Show the rules kube-proxy installed in NODE, read back from the kernel.
+
+    iptables mode prints `iptables-save` of the node; nftables mode `nft list ruleset`.
+
+    \b
+    Examples:
+      labctl rules node1
+      labctl rules node2 --service default/web
+    """
+    from labctl.cli.rules_view import show_rules
+    from labctl.lab import lifecycle, store
+
+    lab = lifecycle.pick_lab(lab_name)
+    state = store.state_of(lab)
+    if node not in [n.name for n in state.nodes]:
+        raise LabctlError(f"no node named {node!r}; nodes: "
+                          f"{', '.join(n.name for n in state.nodes)}")
+    click.echo(show_rules(state, node, service), nl=False)
+
+
+@click.group(context_settings=CONTEXT)
+def proxy() -> None:
+    """What kube-proxy would program, without a lab."""
+
+
+@proxy.command(context_settings=CONTEXT)
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--mode", type=click.Choice(RENDER_MODES), default="iptables", show_default=True)
+@click.option("--node-name", required=True, help="The node kube-proxy runs on (decides which "
+              "endpoints are local).")
+@click.option("--node-ip", "node_ips", required=True, help="The node's IP (comma-separated "
+              "for several).")
+@click.option("--cluster-cidr", default="", help="Pod range; traffic from outside it to a "
+              "ClusterIP is masqueraded (kube-proxy's --cluster-cidr).")
+@click.option("--service-cidr", default="", help="Service range (nftables: unallocated "
+              "ClusterIPs are dropped).")
+@click.option("--nodeport-addresses", default="", help="Comma-separated CIDRs NodePorts "
+              "listen on (default: every local address).")
+@click.option("--masquerade-all", is_flag=True, help="SNAT all traffic to ClusterIPs.")
+@click.option("--no-localhost-nodeports", is_flag=True,
+              help="Do not accept NodePort traffic to 127.0.0.1 (iptables mode).")
+@handle_errors
+def render(files: tuple[str, ...], mode: str, node_name: str, node_ips: str, cluster_cidr: str,
+           service_cidr: str, nodeport_addresses: str, masquerade_all: bool,
+           no_localhost_nodeports: bool) -> None:
+    """Print what kube-proxy would load for the Services and EndpointSlices in FILES.
+
+    One full sync from empty state: the `iptables-restore` input (both tables) or the
+    `nft -f` input, with kube-proxy's chain names, comments and rule order. EndpointSlices
+    are derived from Pods and selectors when the files give none; ClusterIPs and
+    NodePorts are taken as written (allocated when missing), LoadBalancer IPs from
+    status.loadBalancer.ingress.
+
+    \b
+    Example:
+      labctl proxy render --mode nftables --node-name node1 --node-ip 172.18.0.2 \\
+          --cluster-cidr 10.244.0.0/16 svc.yaml
+    """
+    from labctl.cluster.compile import compile_files
+    from labctl.proxy import base
+
+    state, warnings = compile_files(files)
+    for d in warnings:
+        if d.severity == "warning":
+            err(d.format())
+    # A snapshot: only LoadBalancer addresses the files state are programmed.
+    services = [replace(s, load_balancer_ip=(s.service.load_balancer_ingress or ("",))[0])
+                for s in state.services]
+    config = base.ProxyConfig(
+        node_name=node_name, node_ips=_split(node_ips), cluster_cidr=cluster_cidr,
+        service_cidr=service_cidr, nodeport_addresses=_split(nodeport_addresses),
+        masquerade_all=masquerade_all, localhost_nodeports=not no_localhost_nodeports)
+    inp = base.build_input(config, services, state.endpoint_slices)
+    if mode == "iptables":
+        from labctl.proxy import iptables
+
+        click.echo(iptables.render(inp).payload(), nl=False)
+    else:
+        from labctl.proxy import nftables
+
+        click.echo(nftables.render(inp).payload(), nl=False)
+
+
+@click.command(name="proxy-mode", context_settings=CONTEXT)
+@click.argument("mode", type=click.Choice(RENDER_MODES))
+@click.option("--lab", "lab_name", help="Which lab (default: the only one).")
+@handle_errors
+def proxy_mode(mode: str, lab_name: str | None) -> None:
+    """Switch a running lab's kube-proxy to MODE: the old rules are removed from every
+    node and the new ones loaded; pods and connections stay.
+
+    \b
+    Example:  labctl proxy-mode nftables
+    """
+    from labctl.lab import lifecycle
+
+    lab = lifecycle.pick_lab(lab_name)
+    old, times = lifecycle.set_proxy_mode(lab, mode)
+    if old == mode:
+        click.echo(f"lab {lab!r} already runs kube-proxy in {mode} mode")
+        return
+    click.echo(f"lab {lab!r}: kube-proxy switched from {old} to {mode} on "
+               f"{len(times)} nodes ({sum(times.values()) * 1000:.0f} ms)")

@@ -1,0 +1,118 @@
+"""kube-proxy in each node: render the node's ruleset (pure) and load it (through net/).
+
+One code path for every sync: `sync_node(state, node, previous)` renders the ruleset of
+the lab's proxy mode for that node and loads either the full payload (nothing loaded
+yet) or the partial one kube-proxy would send given the previous ruleset.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from labctl.cluster.state import ClusterState
+from labctl.errors import CapabilityError
+from labctl.net import netfilter
+from labctl.proxy import base
+
+RENDERED_MODES = ("iptables", "nftables")
+
+
+@dataclass
+class NodeSync:
+    node: str
+    mode: str
+    ruleset: Any  # iptables.IptablesRuleset | nftables.NftRuleset
+    render_seconds: float
+    load_seconds: float
+    full: bool
+
+
+def render_node(state: ClusterState, node: str, mode: str) -> Any:
+    inp = base.input_for_node(state, node)
+    if mode == "iptables":
+        from labctl.proxy import iptables
+
+        return iptables.render(inp)
+    if mode == "nftables":
+        from labctl.proxy import nftables
+
+        return nftables.render(inp)
+    raise CapabilityError(f"proxyMode {mode} is not available yet on this host "
+                          f"(available: {', '.join(RENDERED_MODES)})")
+
+
+def with_jump_rules(payload: str, jumps: list[list[str]]) -> str:
+    """Fold kube-proxy's EnsureRule jump rules into a restore payload as `-I` lines.
+
+    Used only for a node's first load, when none of them can exist yet: the kernel ends
+    up with the same rules as kube-proxy's separate `iptables -I` calls, in one process.
+    """
+    by_table: dict[str, list[str]] = {}
+    for argv in jumps:
+        table = argv[argv.index("-t") + 1] if "-t" in argv else "filter"
+        rest = [a for i, a in enumerate(argv) if a != "-t" and (i == 0 or argv[i - 1] != "-t")]
+        by_table.setdefault(table, []).append(" ".join(_quote(a) for a in rest))
+    out: list[str] = []
+    table = ""
+    for line in payload.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        if line == "COMMIT" and table in by_table:
+            out.extend(by_table.pop(table))
+        out.append(line)
+    for table, lines in by_table.items():
+        out += [f"*{table}", *lines, "COMMIT"]
+    return "\n".join(out) + "\n"
+
+
+def _quote(arg: str) -> str:
+    return f'"{arg}"' if (" " in arg or not arg) else arg
+
+
+def iptables_backend(state: ClusterState) -> str:
+    return state.lab.iptables_backend or netfilter.system_iptables_backend()
+
+
+def sync_node(state: ClusterState, node: str, previous: Any | None = None,
+              mode: str | None = None) -> NodeSync:
+    mode = mode or state.lab.proxy_mode
+    ns = state.node(node).netns
+    t = time.perf_counter()
+    rs = render_node(state, node, mode)
+    rendered = time.perf_counter() - t
+    if mode == "iptables":
+        backend = iptables_backend(state)
+        if previous is None:
+            loaded = netfilter.restore_iptables(ns, with_jump_rules(rs.payload(),
+                                                                    rs.jump_rules()), backend)
+        else:
+            loaded = netfilter.restore_iptables(ns, rs.partial_payload(previous), backend)
+    else:
+        payload = rs.payload() if previous is None else rs.update_payload(previous)
+        loaded = netfilter.load_nft(ns, payload)
+    return NodeSync(node, mode, rs, rendered, loaded.seconds, previous is None)
+
+
+def cleanup_node(state: ClusterState, node: str, mode: str) -> None:
+    """Remove everything `mode` installed in a node (kube-proxy --cleanup)."""
+    ns = state.node(node).netns
+    rs = render_node(state, node, mode)
+    if mode == "iptables":
+        backend = iptables_backend(state)
+        payload, commands = rs.cleanup_payload()
+        netfilter.iptables_commands(ns, commands, backend, ensure=False)
+        netfilter.restore_iptables(ns, payload, backend)
+    else:
+        netfilter.load_nft(ns, rs.cleanup_payload())
+
+
+def check(state: ClusterState, mode: str | None = None) -> None:
+    """Everything a mode needs, checked before anything is created."""
+    mode = mode or state.lab.proxy_mode
+    if mode not in RENDERED_MODES:
+        raise CapabilityError(
+            f"proxyMode {mode} is not available yet (available: "
+            f"{', '.join(RENDERED_MODES)}); the IPVS and userspace modes come later")
+    netfilter.check_tools(mode, iptables_backend(state) if mode == "iptables" else "")
