@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 LABCTL  := $(VENV)/bin/labctl
 PYTEST  := $(PY) -m pytest
 
-.PHONY: setup demo test test-unit test-integration bench bench-up lint clean
+.PHONY: setup demo test test-unit test-integration bench bench-up bench-sync lint clean
 
 STAMP   := $(VENV)/.installed
 
@@ -31,7 +31,7 @@ test-integration: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check labctl tests bench
 
-bench: bench-up
+bench: bench-up bench-sync
 
 bench-up: $(STAMP)
 	BENCH=1 bash scripts/install-deps.sh
@@ -39,3 +39,7 @@ bench-up: $(STAMP)
 
 clean: $(STAMP)
 	$(LABCTL) clean --all
+
+bench-sync: $(STAMP)
+	BENCH=1 bash scripts/install-deps.sh
+	$(PY) bench/bench_sync.py

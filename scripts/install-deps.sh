@@ -29,6 +29,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+[ "${BENCH:-0}" = 1 ] && "$VENV/bin/pip" install -q --disable-pip-version-check matplotlib
 # Put `labctl` on root's PATH (a symlink into this checkout's venv; LINK_BIN=0 skips it).
 if [ "$(id -u)" = 0 ] && [ "${LINK_BIN:-1}" = 1 ]; then
   ln -sfn "$PWD/$VENV/bin/labctl" /usr/local/bin/labctl

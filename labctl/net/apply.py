@@ -135,8 +135,10 @@ def _addresses_and_routes(plan: Plan, socks: dict[str, Rtnl]) -> None:
         dst, _, plen = r.dst.partition("/")
         if r.dst == "default":
             dst, plen = "0.0.0.0", "0"
+        where = f"via {r.via}" if r.via else f"dev {r.dev}"
         socks[r.netns].route_add(dst, int(plen), gateway=r.via,
-                                 what=f"ip -n {r.netns} route add {r.dst} via {r.via}")
+                                 oif=idx(r.netns, r.dev) if r.dev else 0,
+                                 what=f"ip -n {r.netns} route add {r.dst} {where}")
         touched.add(r.netns)
     for ns in touched:
         socks[ns].flush()

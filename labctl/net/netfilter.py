@@ -74,7 +74,8 @@ def iptables_commands(ns: str, rules: Sequence[Sequence[str]], backend: str,
             check = [("-C" if a in ("-I", "-A") else a) for a in args]
             if run_in(ns, [tool, "-w", *check], check=False).returncode == 0:
                 continue
-        run_in(ns, [tool, "-w", *args], check=not (not ensure and "-D" in args))
+        # Removing (ensure=False): a rule or chain that is already gone is success.
+        run_in(ns, [tool, "-w", *args], check=ensure)
 
 
 def load_nft(ns: str, payload: str) -> Loaded:

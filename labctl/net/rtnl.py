@@ -31,7 +31,7 @@ IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 3, 10, 1
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 VETH_INFO_PEER, IFLA_BRPORT_MODE = 1, 4
 IFA_ADDRESS, IFA_LOCAL = 1, 2
-RTA_DST, RTA_GATEWAY, RTA_TABLE = 1, 5, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 IFF_UP = 0x1
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RTN_UNICAST = 254, 3, 0, 253, 1
 
@@ -209,7 +209,8 @@ class Rtnl:
         body += _ip4(IFA_LOCAL, address) + _ip4(IFA_ADDRESS, address)
         self._queue(RTM_NEWADDR, CREATE, body, what or f"ip addr add {address}/{prefixlen}")
 
-    def route_add(self, dst: str, prefixlen: int, gateway: str, what: str = "") -> None:
+    def route_add(self, dst: str, prefixlen: int, gateway: str = "", oif: int = 0,
+                  what: str = "") -> None:
         scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
         body = _RTMSG.pack(socket.AF_INET, prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope,
                            RTN_UNICAST, 0)
@@ -218,6 +219,8 @@ class Rtnl:
             body += _ip4(RTA_DST, dst)
         if gateway:
             body += _ip4(RTA_GATEWAY, gateway)
+        if oif:
+            body += _u32(RTA_OIF, oif)
         self._queue(RTM_NEWROUTE, CREATE, body, what or f"ip route add {dst}/{prefixlen}")
 
     # ------------------------------------------------------------ immediate queries

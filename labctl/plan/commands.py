@@ -38,5 +38,6 @@ def commands(plan: Plan) -> list[str]:
     for a in plan.addresses:
         out.append(_ip(a.netns, "addr", "add", a.cidr, "dev", a.ifname))
     for r in plan.routes:
-        out.append(_ip(r.netns, "route", "add", r.dst, "via", r.via))
+        where = ["via", r.via] if r.via else ["dev", r.dev]
+        out.append(_ip(r.netns, "route", "add", r.dst, *where))
     return out

@@ -45,7 +45,8 @@ class Address:
 class Route:
     netns: str
     dst: str  # "default" or a CIDR
-    via: str
+    via: str = ""  # a gateway, or "" for a route straight out of `dev`
+    dev: str = ""
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,11 @@ def render(state: ClusterState) -> Plan:
     for node in state.nodes:  # host-gw style: every other node's pod /24 via that node
         routes += [Route(node.netns, other.pod_cidr, other.ip)
                    for other in state.nodes if other.name != node.name]
+        # A real node's default route lets a packet to a Service address pass the route
+        # lookup that precedes kube-proxy's DNAT; these two on-link routes do the same
+        # without giving the lab a way out (the node network is a closed bridge).
+        routes += [Route(node.netns, state.lab.service_cidr, dev="eth0"),
+                   Route(node.netns, state.lab.load_balancer_cidr, dev="eth0")]
     routes += external_routes(state)
     for pod in state.pods:
         node = state.node(pod.node)

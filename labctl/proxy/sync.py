@@ -43,27 +43,45 @@ def render_node(state: ClusterState, node: str, mode: str) -> Any:
                           f"(available: {', '.join(RENDERED_MODES)})")
 
 
-def with_jump_rules(payload: str, jumps: list[list[str]]) -> str:
-    """Fold kube-proxy's EnsureRule jump rules into a restore payload as `-I` lines.
+def _table_and_rest(argv: list[str]) -> tuple[str, list[str]]:
+    if "-t" not in argv:
+        return "filter", argv
+    i = argv.index("-t")
+    return argv[i + 1], argv[:i] + argv[i + 2:]
 
-    Used only for a node's first load, when none of them can exist yet: the kernel ends
-    up with the same rules as kube-proxy's separate `iptables -I` calls, in one process.
+
+def with_jump_rules(payload: str, chains: list[list[str]], jumps: list[list[str]]) -> str:
+    """Fold kube-proxy's EnsureChain/EnsureRule calls into a restore payload.
+
+    Used only for a node's first load, when none of them can exist yet: the chains become
+    `:CHAIN - [0:0]` lines and the jumps `-I` lines of the same tables, so the kernel ends
+    up with what kube-proxy's separate `iptables -N` / `-I` calls make, in one process.
     """
-    by_table: dict[str, list[str]] = {}
+    declare: dict[str, list[str]] = {}
+    for argv in chains:
+        table, rest = _table_and_rest(argv)
+        declare.setdefault(table, []).append(f":{rest[rest.index('-N') + 1]} - [0:0]")
+    insert: dict[str, list[str]] = {}
     for argv in jumps:
-        table = argv[argv.index("-t") + 1] if "-t" in argv else "filter"
-        rest = [a for i, a in enumerate(argv) if a != "-t" and (i == 0 or argv[i - 1] != "-t")]
-        by_table.setdefault(table, []).append(" ".join(_quote(a) for a in rest))
+        table, rest = _table_and_rest(argv)
+        insert.setdefault(table, []).append(" ".join(_quote(a) for a in rest))
     out: list[str] = []
     table = ""
+    declared: set[str] = set()
     for line in payload.splitlines():
         if line.startswith("*"):
             table = line[1:]
-        if line == "COMMIT" and table in by_table:
-            out.extend(by_table.pop(table))
+            out.append(line)
+            continue
+        if line.startswith(":"):
+            declared.add(f"{table} {line.split()[0]}")
+        if line == "COMMIT":
+            out.extend(d for d in declare.pop(table, [])
+                       if f"{table} {d.split()[0]}" not in declared)
+            out.extend(insert.pop(table, []))
         out.append(line)
-    for table, lines in by_table.items():
-        out += [f"*{table}", *lines, "COMMIT"]
+    for table in sorted(set(declare) | set(insert)):
+        out += [f"*{table}", *declare.get(table, []), *insert.get(table, []), "COMMIT"]
     return "\n".join(out) + "\n"
 
 
@@ -85,8 +103,8 @@ def sync_node(state: ClusterState, node: str, previous: Any | None = None,
     if mode == "iptables":
         backend = iptables_backend(state)
         if previous is None:
-            loaded = netfilter.restore_iptables(ns, with_jump_rules(rs.payload(),
-                                                                    rs.jump_rules()), backend)
+            first = with_jump_rules(rs.payload(), rs.ensure_chains(), rs.jump_rules())
+            loaded = netfilter.restore_iptables(ns, first, backend)
         else:
             loaded = netfilter.restore_iptables(ns, rs.partial_payload(previous), backend)
     else:
