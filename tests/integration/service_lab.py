@@ -10,7 +10,8 @@ import pytest
 from labctl.testing.runner import labctl
 from tests.integration.conftest import write_lab
 
-MODES = ["iptables", "nftables"]
+# kube-proxy modes this host runs; iptables with each backend Debian ships.
+MODES = ["iptables", "iptables-legacy", "nftables"]
 EXTERNAL_IP = "203.0.113.10"
 
 MANIFEST = """
@@ -19,7 +20,7 @@ kind: Lab
 metadata: {{name: {lab}}}
 spec:
   nodes: [{{name: node1}}, {{name: node2}}, {{name: node3}}]
-  proxyMode: {mode}
+  proxyMode: {mode}{backend}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -158,10 +159,13 @@ class Lab:
 @pytest.fixture(scope="module", params=MODES)
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Lab]:
-    mode = request.param
-    name = f"it-{request.module.__name__.rsplit('_', 1)[-1][:4]}-{mode[:3]}"
+    variant = request.param
+    mode, _, legacy = variant.partition("-")
+    backend = "\n  iptablesBackend: legacy" if legacy else ""
+    name = f"it-{request.module.__name__.rsplit('_', 1)[-1][:4]}-{mode[:3]}{legacy[:3]}"
     path = write_lab(tmp_path_factory.mktemp(name), name,
-                     MANIFEST.format(lab=name, mode=mode, external_ip=EXTERNAL_IP))
+                     MANIFEST.format(lab=name, mode=mode, backend=backend,
+                                     external_ip=EXTERNAL_IP))
     labctl("up", str(path), "-q")
     try:
         yield Lab(name, mode)
