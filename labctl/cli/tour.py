@@ -25,15 +25,28 @@ def tour(state: ClusterState) -> None:
     if pair is None:
         return
     client, server, port = pair
-    url = f"http://{server.ip}:{port}/tour"
     click.echo("")
     click.echo(f"A request from {client.name} ({client.node}) to {server.name} ({server.node}),")
-    click.echo(f"routed across nodes by the kernel:  labctl exec {client.name} -- curl -s {url}")
+    click.echo("routed across nodes by the kernel:")
+    _curl(client, f"http://{server.ip}:{port}/tour")
+    svc = next((s for s in state.services if s.cluster_ip and s.cluster_ip != "None"
+                and s.ports and s.ports[0].protocol == "TCP"), None)
+    if svc is not None:
+        click.echo("")
+        click.echo(f"The same client to Service {svc.name}'s ClusterIP: kube-proxy's "
+                   f"{state.lab.proxy_mode} rules in {client.node} pick a backend pod and DNAT")
+        click.echo(f"to it (see them: labctl rules {client.node} --service "
+                   f"{svc.namespace}/{svc.name}):")
+        _curl(client, f"http://{svc.cluster_ip}:{svc.ports[0].port}/tour")
+    click.echo("")
+
+
+def _curl(client, url: str) -> None:  # noqa: ANN001 - a PodState
+    click.echo(f"  $ labctl exec {client.name} -- curl -s {url}")
     proc = subprocess.run(["ip", "netns", "exec", client.netns, "curl", "-s", "-m", "3", url],
                           capture_output=True, text=True, check=False)
     body = proc.stdout.strip() or proc.stderr.strip() or f"(curl exited {proc.returncode})"
     click.echo("\n".join("  | " + line for line in body.splitlines()))
-    click.echo("")
 
 
 def _cross_node_pair(state: ClusterState):  # -> (client, server, port) | None
