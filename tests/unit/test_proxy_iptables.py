@@ -810,3 +810,14 @@ def test_nodeport_addresses_give_one_tail_rule_per_node_ip() -> None:
     rs = flag_ruleset(localhost_nodeports=False)
     assert rs.chains()["nat"]["KUBE-SERVICES"][-1].endswith(
         "-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS")
+
+
+def test_hash_prefix_equals_full_base32_of_sha256() -> None:
+    import base64
+    import hashlib
+
+    from labctl.proxy.base import _b32
+
+    for text in ("ns1/svc1:p80tcp", "kube-system/kube-dns:dnsudp10.244.0.5:53", "x" * 300):
+        full = base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()
+        assert _b32(text, 16) == full[:16] and _b32(text, 8) == full[:8]
