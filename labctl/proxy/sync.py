@@ -30,15 +30,16 @@ class NodeSync:
 
 
 def render_node(state: ClusterState, node: str, mode: str) -> Any:
-    inp = base.input_for_node(state, node)
-    if mode == "iptables":
-        from labctl.proxy import iptables
+    with base.no_gc_pauses():
+        inp = base.input_for_node(state, node)
+        if mode == "iptables":
+            from labctl.proxy import iptables
 
-        return iptables.render(inp)
-    if mode == "nftables":
-        from labctl.proxy import nftables
+            return iptables.render(inp)
+        if mode == "nftables":
+            from labctl.proxy import nftables
 
-        return nftables.render(inp)
+            return nftables.render(inp)
     raise CapabilityError(f"proxyMode {mode} is not available yet on this host "
                           f"(available: {', '.join(RENDERED_MODES)})")
 
@@ -99,16 +100,16 @@ def sync_node(state: ClusterState, node: str, previous: Any | None = None,
     ns = state.node(node).netns
     t = time.perf_counter()
     rs = render_node(state, node, mode)
+    with base.no_gc_pauses():
+        if mode == "iptables":
+            payload = (rs.partial_payload(previous) if previous is not None else
+                       with_jump_rules(rs.payload(), rs.ensure_chains(), rs.jump_rules()))
+        else:
+            payload = rs.payload() if previous is None else rs.update_payload(previous)
     rendered = time.perf_counter() - t
     if mode == "iptables":
-        backend = iptables_backend(state)
-        if previous is None:
-            first = with_jump_rules(rs.payload(), rs.ensure_chains(), rs.jump_rules())
-            loaded = netfilter.restore_iptables(ns, first, backend)
-        else:
-            loaded = netfilter.restore_iptables(ns, rs.partial_payload(previous), backend)
+        loaded = netfilter.restore_iptables(ns, payload, iptables_backend(state))
     else:
-        payload = rs.payload() if previous is None else rs.update_payload(previous)
         loaded = netfilter.load_nft(ns, payload)
     return NodeSync(node, mode, rs, rendered, loaded.seconds, previous is None)
 

@@ -116,6 +116,41 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {{name: lb-allowed}}
+spec:
+  type: LoadBalancer
+  loadBalancerSourceRanges: [172.18.0.0/24]
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: lb-denied}}
+spec:
+  type: LoadBalancer
+  loadBalancerSourceRanges: [10.0.0.0/8]
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: multi}}
+spec:
+  selector: {{app: web}}
+  ports:
+    - {{name: http, port: 80, targetPort: http}}
+    - {{name: dns, port: 53, targetPort: dns, protocol: UDP}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-itp}}
+spec:
+  internalTrafficPolicy: Local
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
 metadata: {{name: solo}}
 spec:
   selector: {{app: solo}}

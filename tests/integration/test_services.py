@@ -14,16 +14,20 @@ from labctl.testing.traffic import chi_square, connect_error, http_get, spread, 
 from tests.integration.service_lab import EXTERNAL_IP, Lab
 
 
-def test_cluster_ip_from_a_pod_on_the_same_node(lab: Lab) -> None:
-    reply = http_get(lab.ns("client"), lab.vip("web"), 80)
-    assert reply.pod in lab.web_pods()
-    assert reply.client_ip == lab.pods["client"]["status"]["podIP"]  # no SNAT inside
+def test_cluster_ip_from_a_pod_on_the_backends_node(lab: Lab) -> None:
+    solo_node = lab.pods["solo"]["spec"]["nodeName"]
+    neighbour = next(n for n, p in lab.pods.items()
+                     if n.startswith("web-") and p["spec"]["nodeName"] == solo_node)
+    reply = http_get(lab.ns(neighbour), lab.vip("solo"), 80)
+    assert reply.pod == "solo"
+    assert reply.client_ip == lab.pods[neighbour]["status"]["podIP"]  # no SNAT inside
 
 
 def test_cluster_ip_from_a_pod_on_another_node(lab: Lab) -> None:
-    other = lab.pod_on_other_node("node1")
-    reply = http_get(lab.ns(other), lab.vip("web"), 80)
-    assert reply.pod in lab.web_pods()
+    assert lab.pods["client"]["spec"]["nodeName"] != lab.pods["solo"]["spec"]["nodeName"]
+    reply = http_get(lab.ns("client"), lab.vip("solo"), 80)
+    assert reply.pod == "solo"
+    assert reply.client_ip == lab.pods["client"]["status"]["podIP"]
 
 
 def test_cluster_ip_from_a_node(lab: Lab) -> None:
@@ -108,3 +112,21 @@ def test_rules_command_shows_the_kernels_rules(lab: Lab) -> None:
     else:
         assert "table ip kube-proxy" in text
         assert "service-" in one and "default/sticky" not in one
+
+
+def test_load_balancer_source_ranges(lab: Lab) -> None:
+    assert http_get(lab.external, lab.lb_ip("lb-allowed"), 80).pod in lab.web_pods()
+    code, _ = connect_error(lab.external, lab.lb_ip("lb-denied"), 80, timeout=1.0)
+    assert code == errno.ETIMEDOUT  # dropped by the load balancer firewall
+
+
+def test_multi_port_service_serves_tcp_and_udp(lab: Lab) -> None:
+    assert http_get(lab.ns("client"), lab.vip("multi"), 80).pod in lab.web_pods()
+    assert udp_echo(lab.ns("client"), lab.vip("multi"), 53, "m").fields.get("echo") == "m"
+
+
+def test_internal_traffic_policy_local_stays_on_the_node(lab: Lab) -> None:
+    local = {n for n, p in lab.pods.items()
+             if n.startswith("web-") and p["spec"]["nodeName"] == "node1"}
+    assert local, "the Deployment should have a pod on node1"
+    assert set(spread(lab.ns("client"), lab.vip("web-itp"), 80, 20)) <= local
