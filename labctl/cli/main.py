@@ -61,17 +61,26 @@ def validate(files: tuple[str, ...]) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
 @handle_errors
 def plan(files: tuple[str, ...]) -> None:
-    """Print the lab FILES describe as the equivalent ip/sysctl commands (no root needed).
+    """Print the lab FILES describe as the equivalent shell commands (no root needed):
+    ip and sysctl for the network, then iptables-restore / nft input for each node.
 
     \b
     Example:  labctl plan topologies/quickstart | less
     """
+    print_plan(files)
+
+
+def print_plan(files: tuple[str, ...]) -> None:
+    """The lab as a shell script: ip/sysctl commands, then each node's ruleset load."""
     from labctl.lab.lifecycle import prepare
     from labctl.plan.commands import commands
+    from labctl.proxy.sync import load_commands
 
-    _state, the_plan, warnings = prepare(files)
+    state, the_plan, warnings = prepare(files)
     print_warnings(warnings)
     click.echo("\n".join(commands(the_plan)))
+    click.echo("# kube-proxy: each node's first ruleset load")
+    click.echo("\n".join(load_commands(state)))
 
 
 # ------------------------------------------------------------------ lifecycle
@@ -97,11 +106,7 @@ def up(files: tuple[str, ...], dry_run: bool, tour: bool, quiet: bool) -> None:
     from labctl.lab import lifecycle
 
     if dry_run:
-        from labctl.plan.commands import commands
-
-        _state, the_plan, warnings = lifecycle.prepare(files)
-        print_warnings(warnings)
-        click.echo("\n".join(commands(the_plan)))
+        print_plan(files)
         return
     result = lifecycle.up(files, output.Progress(quiet))
     if quiet:

@@ -57,10 +57,13 @@ def run_in(ns: str, argv: Sequence[str], stdin: str | None = None,
     return proc
 
 
+RESTORE_FLAGS = ("--noflush", "--counters", "-w")  # kube-proxy's, plus waiting for the lock
+
+
 def restore_iptables(ns: str, payload: str, backend: str) -> Loaded:
     tool = iptables_binary(backend, "iptables-restore")
     t = time.perf_counter()
-    run_in(ns, [tool, "--noflush", "--counters", "-w"], stdin=payload)
+    run_in(ns, [tool, *RESTORE_FLAGS], stdin=payload)
     return Loaded(tool, time.perf_counter() - t)
 
 

@@ -90,6 +90,28 @@ def _quote(arg: str) -> str:
     return f'"{arg}"' if (" " in arg or not arg) else arg
 
 
+def first_load(state: ClusterState, node: str) -> tuple[list[str], str]:
+    """The argv and input of a node's first ruleset load (pure: nothing is run)."""
+    mode = state.lab.proxy_mode
+    rs = render_node(state, node, mode)
+    if mode == "iptables":
+        tool = netfilter.iptables_binary(iptables_backend(state), "iptables-restore")
+        return [tool, *netfilter.RESTORE_FLAGS], with_jump_rules(
+            rs.payload(), rs.ensure_chains(), rs.jump_rules())
+    return ["nft", "-f", "-"], rs.payload()
+
+
+def load_commands(state: ClusterState) -> list[str]:
+    """Each node's first ruleset load as a shell here-document (for `labctl plan`)."""
+    if state.lab.proxy_mode not in RENDERED_MODES:
+        return [f"# proxyMode {state.lab.proxy_mode}: not available on this host yet"]
+    out = []
+    for node in state.nodes:
+        argv, payload = first_load(state, node.name)
+        out.append(f"ip netns exec {node.netns} {' '.join(argv)} <<'EOF'\n{payload}EOF")
+    return out
+
+
 def iptables_backend(state: ClusterState) -> str:
     return state.lab.iptables_backend or netfilter.system_iptables_backend()
 
