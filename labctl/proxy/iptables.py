@@ -114,7 +114,8 @@ class IptablesRuleset:
         changed since the last sync; here it is changed when its chains would hold other
         rules (comments aside). The kernel ends up the same; the only difference is that
         an object change that leaves the rules alone rewrites nothing here."""
-        changed = {s for s in self._services() if _content(self, s) != _content(old, s)}
+        now, before = _contents(self), _contents(old)
+        changed = {s for s in self._services() if now.get(s) != before.get(s)}
         return self._text(changed.__contains__, self._stale(old))
 
     def _text(self, rewrite: Callable[[str], bool], stale: list[str]) -> str:
@@ -206,14 +207,20 @@ class IptablesRuleset:
         return out
 
 
-def _content(rs: IptablesRuleset, service: str) -> tuple[tuple[str, ...], tuple[Rule, ...]]:
-    """What one Service's per-service chains are and do (the unit of a partial sync).
+def _contents(rs: IptablesRuleset) -> dict[str, tuple[list[str], list[Rule]]]:
+    """Per Service, what its per-service chains are and do (the unit of a partial sync),
+    gathered in one pass (per Service, a scan of every rule would be quadratic).
 
     Comments are left out: they only differ when large-cluster mode switches, and then
     kube-proxy does not rewrite unchanged Services either."""
-    return (tuple(c.name for c in rs.nat_chains if c.service == service),
-            tuple(_uncommented(r) for r in rs.nat_rules
-                  if r.service == service and is_service_chain(r.chain)))
+    out: dict[str, tuple[list[str], list[Rule]]] = {}
+    for c in rs.nat_chains:
+        if c.service:
+            out.setdefault(c.service, ([], []))[0].append(c.name)
+    for r in rs.nat_rules:
+        if r.service and is_service_chain(r.chain):
+            out.setdefault(r.service, ([], []))[1].append(_uncommented(r))
+    return out
 
 
 def _uncommented(rule: Rule) -> Rule:
