@@ -7,6 +7,7 @@ Probe, DeploymentSpec, StatefulSetSpec, ServiceSpec, EndpointSlice, Namespace.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from labctl.model import checks
@@ -88,6 +89,33 @@ CONTAINER = struct(
     "stdinOnce tty volumeMounts volumeDevices",
     {"name": "add name: <container name>"})
 
+
+def _ip_address(value: object) -> checks.Problem | None:
+    """hostAliases[].ip and dnsConfig.nameservers[]: an IPv4 or IPv6 address."""
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError:
+        return checks.Problem(f'expected an IP address, found "{value}"',
+                              "write an address such as 10.96.0.10")
+    return None
+
+
+def _search_domain(value: object) -> checks.Problem | None:
+    """dnsConfig.searches[]: a DNS subdomain, a trailing dot allowed (as the API allows)."""
+    return checks.DNS_SUBDOMAIN(str(value).removesuffix("."))
+
+
+POD_DNS_CONFIG = struct(
+    {"nameservers": ListOf(Scalar("string", (_ip_address,))),
+     "searches": ListOf(Scalar("string", (_search_domain,))),
+     "options": ListOf(struct({"name": STRING, "value": STRING}, "",
+                              {"name": "add name: <option>, e.g. ndots"}))})
+
+HOST_ALIAS = struct(
+    {"ip": Scalar("string", (_ip_address,)),
+     "hostnames": ListOf(Scalar("string", (checks.DNS_SUBDOMAIN,)))},
+    "", {"ip": "add ip: <address> for these hostnames"})
+
 POD_SPEC = struct(
     {
         "containers": ListOf(CONTAINER, 1, "add at least one container (name and image)"),
@@ -100,11 +128,13 @@ POD_SPEC = struct(
         "terminationGracePeriodSeconds": COUNT,
         "dnsPolicy": Scalar("string", (checks.one_of(
             "ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"),)),
+        "dnsConfig": POD_DNS_CONFIG,
+        "hostAliases": ListOf(HOST_ALIAS),
     },
     "volumes initContainers ephemeralContainers activeDeadlineSeconds serviceAccountName "
     "serviceAccount automountServiceAccountToken hostNetwork hostPID hostIPC "
     "shareProcessNamespace securityContext imagePullSecrets affinity schedulerName "
-    "tolerations hostAliases priorityClassName priority dnsConfig readinessGates "
+    "tolerations priorityClassName priority readinessGates "
     "runtimeClassName preemptionPolicy overhead topologySpreadConstraints setHostnameAsFQDN "
     "os hostUsers schedulingGates resourceClaims resources",
     {"containers": "add containers: with at least one container (name and image)"})

@@ -21,12 +21,15 @@ from labctl.model.objects import (
     EndpointPort,
     EndpointSlice,
     EnvVar,
+    HostAlias,
     Lab,
     LabelSelector,
     Namespace,
     NodeSpec,
     ObjectMeta,
     Pod,
+    PodDNSConfig,
+    PodDNSConfigOption,
     PodSpec,
     PodTemplate,
     Probe,
@@ -110,6 +113,18 @@ def container(data: Data) -> Container:
     )
 
 
+def dns_config(data: Data) -> PodDNSConfig | None:
+    if "dnsConfig" not in data:
+        return None
+    written = sub(data, "dnsConfig")
+    return PodDNSConfig(
+        nameservers=tuple(items(written, "nameservers")),
+        searches=tuple(items(written, "searches")),
+        options=tuple(PodDNSConfigOption(o.get("name", ""), o.get("value"))
+                      for o in items(written, "options")),
+    )
+
+
 def pod_spec(data: Data) -> PodSpec:
     return PodSpec(
         containers=tuple(container(c) for c in items(data, "containers")),
@@ -121,6 +136,9 @@ def pod_spec(data: Data) -> PodSpec:
         restart_policy=data.get("restartPolicy", "Always"),
         termination_grace_period_seconds=data.get("terminationGracePeriodSeconds", 30),
         dns_policy=data.get("dnsPolicy", "ClusterFirst"),
+        dns_config=dns_config(data),
+        host_aliases=tuple(HostAlias(a.get("ip", ""), tuple(a.get("hostnames", ())))
+                           for a in items(data, "hostAliases")),
     )
 
 

@@ -126,6 +126,29 @@ class Container:
 
 
 @dataclass(frozen=True)
+class PodDNSConfigOption:
+    name: str
+    value: str | None = None  # None: a bare option such as "rotate"
+
+
+@dataclass(frozen=True)
+class PodDNSConfig:
+    """spec.dnsConfig: merged by the kubelet on top of what dnsPolicy gives."""
+
+    nameservers: tuple[str, ...] = ()
+    searches: tuple[str, ...] = ()
+    options: tuple[PodDNSConfigOption, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostAlias:
+    """One spec.hostAliases entry: extra lines of the kubelet-managed /etc/hosts."""
+
+    ip: str
+    hostnames: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PodSpec:
     containers: tuple[Container, ...]
     node_name: str = ""
@@ -136,6 +159,10 @@ class PodSpec:
     restart_policy: str = "Always"
     termination_grace_period_seconds: int = 30
     dns_policy: str = "ClusterFirst"
+    # Left out of repr: cluster.workloads.template_hash hashes the template's repr, and
+    # new fields there would rename every existing Deployment pod.
+    dns_config: PodDNSConfig | None = field(default=None, repr=False)  # None: not written
+    host_aliases: tuple[HostAlias, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
