@@ -1,8 +1,10 @@
 """Place pods on nodes: nodeName and nodeSelector honoured, the rest spread evenly.
 
 Deterministic: pinned pods first, then pods that already run somewhere stay there (a
-scheduler never moves a running pod), then the others by namespace/name, each to the
-eligible node with the fewest pods so far (ties go to the earlier node).
+scheduler never moves a running pod), then the others by namespace/name. Like
+kube-scheduler's default topology spreading, a workload's replicas go first to the
+eligible node with the fewest replicas of that same workload, then to the node with the
+fewest pods overall (ties go to the earlier node).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ def schedule(pods: Sequence[Pod], nodes: Sequence[NodeSpec],
     """Map each pod key ("ns/name") to a node name; `previous` is the last placement."""
     previous = previous or {}
     load = {n.name: 0 for n in nodes}
+    same_owner: dict[tuple[str, str, str], int] = {}  # (namespace, owner, node) -> pods
     placed: dict[str, str] = {}
     errors: list[Diagnostic] = []
 
@@ -49,9 +52,20 @@ def schedule(pods: Sequence[Pod], nodes: Sequence[NodeSpec],
                     "no node has all of these labels",
                     "add the labels to a node under the Lab's spec.nodes[].labels"))
                 continue
-            node = min(eligible, key=lambda name: load[name])
+            owner = _owner(pod)
+            node = min(eligible, key=lambda name: (same_owner.get((*owner, name), 0),
+                                                   load[name]))
         load[node] += 1
+        owner = _owner(pod)
+        same_owner[(*owner, node)] = same_owner.get((*owner, node), 0) + 1
         placed[key] = node
     if errors:
         raise UserError(errors)
     return placed
+
+
+def _owner(pod: Pod) -> tuple[str, str]:
+    """The workload a pod belongs to (bare pods: each its own)."""
+    if pod.owner is None:
+        return pod.meta.namespace, f"pod/{pod.meta.name}"
+    return pod.meta.namespace, f"{pod.owner.kind}/{pod.owner.name}"

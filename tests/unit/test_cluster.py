@@ -182,3 +182,10 @@ def test_a_written_load_balancer_ingress_is_kept() -> None:
         service("lb2", {"a": "b"}, type="LoadBalancer"))))
     by = {s.name: s.load_balancer_ip for s in state.services}
     assert by == {"lb": "192.168.200.77", "lb2": "192.168.200.1"}
+
+
+def test_a_workloads_replicas_spread_over_nodes_even_when_loads_differ() -> None:
+    state = compile_state(topology(lab("a", "b", "c"),
+                                   pods=(pod("p1", node="a"), pod("p2", node="a")),
+                                   deployments=(deployment("web", 3, {"app": "web"}),)))
+    assert sorted(p.node for p in state.pods if p.name.startswith("web-")) == ["a", "b", "c"]
