@@ -235,7 +235,9 @@ def exec_(target: str, command: tuple[str, ...], container: str | None, namespac
     """Run COMMAND inside a pod's, a node's or the `external` client's network namespace.
 
     TARGET is a pod name (or NAMESPACE/POD), a node name, or `external`. The exit code
-    is COMMAND's. /etc/netns/<namespace>/ files apply, as with `ip netns exec`.
+    is COMMAND's. /etc/netns/<namespace>/ files apply, as with `ip netns exec`, so a
+    pod's resolv.conf and hosts are in place; in a pod, COMMAND gets the container's
+    environment (the kubelet's Service variables) like `kubectl exec`.
 
     \b
     Examples:
@@ -247,8 +249,11 @@ def exec_(target: str, command: tuple[str, ...], container: str | None, namespac
     from labctl.lab import lifecycle, store
 
     lab = lifecycle.pick_lab(lab_name)
-    netns_name = resolve(store.state_of(lab), target, namespace, container)
-    os.execvp("ip", ["ip", "netns", "exec", netns_name, *command])
+    netns_name, env = resolve(store.state_of(lab), target, namespace, container)
+    argv = ["ip", "netns", "exec", netns_name, *command]
+    if env is None:
+        os.execvp("ip", argv)
+    os.execvpe("ip", argv, env)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -289,8 +294,10 @@ def logs(pod: str, container: str | None, namespace: str, follow: bool,
         pass
 
 
-from labctl.cli.proxy import proxy, proxy_mode, rules  # noqa: E402 - after cli exists
+from labctl.cli.env import env  # noqa: E402 - after cli exists
+from labctl.cli.proxy import proxy, proxy_mode, rules  # noqa: E402
 
+cli.add_command(env)
 cli.add_command(rules)
 cli.add_command(proxy)
 cli.add_command(proxy_mode)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import os
 
 from labctl.cluster.state import ClusterState, PodState
 from labctl.errors import LabctlError, NotFoundError
+from labctl.model.objects import Container
 
 
 def find_pod(state: ClusterState, name: str, namespace: str = "default") -> PodState:
@@ -23,15 +25,36 @@ def find_pod(state: ClusterState, name: str, namespace: str = "default") -> PodS
     raise NotFoundError(f'pods "{name}" not found in namespace {namespace}{hint}')
 
 
-def resolve(state: ClusterState, target: str, namespace: str, container: str | None) -> str:
-    """The network namespace name for a pod, a node, or `external`."""
+KEEP_FROM_CALLER = ("PATH", "TERM", "HOME", "LANG", "LC_ALL", "USER")
+
+
+def resolve(state: ClusterState, target: str, namespace: str,
+            container: str | None) -> tuple[str, dict[str, str] | None]:
+    """The network namespace for a pod, a node, or `external`, and for a pod the
+    environment its container has (None: keep the caller's, as for a node)."""
     if target == "external":
-        return state.external_netns
+        return state.external_netns, None
     if "/" not in target:
         for node in state.nodes:
             if node.name == target:
-                return node.netns
+                return node.netns, None
     pod = find_pod(state, target, namespace)
-    if container and container not in [c.name for c in pod.spec.containers]:
-        raise LabctlError(f"container {container!r} is not in pod {pod.key}")
-    return pod.netns
+    names = [c.name for c in pod.spec.containers]
+    if container and container not in names:
+        raise LabctlError(f"container {container!r} is not in pod {pod.key}; "
+                          f"containers: {', '.join(names)}")
+    chosen = next(c for c in pod.spec.containers if c.name == (container or names[0]))
+    return pod.netns, container_environment(state, pod, chosen)
+
+
+def container_environment(state: ClusterState, pod: PodState, container: Container
+                          ) -> dict[str, str]:
+    """What `kubectl exec` gives a command: the container's environment (the kubelet's
+    service variables included) plus HOSTNAME, and the caller's PATH and terminal."""
+    from labctl.kubelet.envvars import PodContext, container_env
+    from labctl.kubelet.podfiles import hostname_and_domain
+
+    env = {k: os.environ[k] for k in KEEP_FROM_CALLER if k in os.environ}
+    env["HOSTNAME"] = hostname_and_domain(pod, state.lab.cluster_domain)[0]
+    env.update(container_env(PodContext.of(pod, state), container, state.services))
+    return env

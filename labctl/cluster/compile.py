@@ -81,10 +81,14 @@ def node_prefixlen(state: ClusterState) -> int:
     return ipaddress.IPv4Network(state.lab.node_cidr).prefixlen
 
 
-def compile_files(paths: Sequence[str], lab_name: str | None = None
+def compile_files(paths: Sequence[str], lab_name: str | None = None, addons: bool = False
                   ) -> tuple[ClusterState, list[Diagnostic]]:
-    """Load, validate and compile: the whole pure front half of `up`."""
+    """Load, validate and compile: the whole pure front half of `up`.
+
+    `addons` adds what every cluster has (the kubernetes Service, cluster DNS): labs get
+    them; offline commands (`proxy render`, `dns serve`, `env`) read the files alone."""
+    from labctl.cluster.addons import with_addons
     from labctl.model.load import load_topology
 
     topology, warnings = load_topology(paths, lab_name)
-    return compile_state(topology), warnings
+    return compile_state(with_addons(topology) if addons else topology), warnings

@@ -17,7 +17,7 @@ from labctl.agent import control
 from labctl.cluster.compile import compile_files
 from labctl.cluster.state import ClusterState
 from labctl.errors import CapabilityError, Diagnostic, LabctlError, NotFoundError
-from labctl.lab import store
+from labctl.lab import etcnetns, store
 from labctl.lab.workloads import workloads_document
 from labctl.net import inventory
 from labctl.net.apply import apply_plan
@@ -39,7 +39,7 @@ class UpResult:
 
 def prepare(paths: Sequence[str]) -> tuple[ClusterState, Plan, list[Diagnostic]]:
     """The pure half of `up`: validate, compile, render. Needs no root."""
-    state, warnings = compile_files(paths)
+    state, warnings = compile_files(paths, addons=True)
     return state, render(state), warnings
 
 
@@ -71,6 +71,7 @@ def up(paths: Sequence[str], progress: Progress | None = None) -> UpResult:
             t = time.perf_counter()
             for node in state.nodes:
                 sync.sync_node(state, node.name)
+            etcnetns.write(state)  # resolv.conf and hosts, before any process starts
             timings["rules"] = time.perf_counter() - t
             t = time.perf_counter()
             with open(os.path.join(rec_dir(lab), "workloads.json"), "w") as f:
@@ -96,6 +97,7 @@ def _teardown(lab: str, namespaces: list[str]) -> None:
         control.stop_agent(sdir)
     control.kill_lab_processes(namespaces)
     inventory.delete_namespaces(namespaces)
+    etcnetns.remove(lab)
     store.remove(lab)
 
 
@@ -104,7 +106,8 @@ def down(lab: str) -> int:
     with store.locked(lab):
         rec = store.load(lab)
         owned = inventory.lab_namespaces().get(lab, [])
-        if rec is None and not owned and not os.path.isdir(store.state_dir(lab)):
+        if (rec is None and not owned and not os.path.isdir(store.state_dir(lab))
+                and lab not in etcnetns.owners()):
             return 0
         namespaces = sorted(set(owned) | set(rec.namespaces if rec else []))
         _teardown(lab, namespaces)
@@ -124,7 +127,7 @@ class LabStatus:
 def statuses() -> list[LabStatus]:
     owned = inventory.lab_namespaces()
     out = []
-    for lab in sorted(set(owned) | set(store.known_labs())):
+    for lab in sorted(set(owned) | set(store.known_labs()) | etcnetns.owners()):
         rec = store.load(lab)
         pid = control.agent_pid(store.state_dir(lab)) if rec else None
         count = len(owned.get(lab, []))

@@ -127,7 +127,7 @@ def state_of(lab: str) -> ClusterState:
     rec = load(lab)
     if rec is None:
         raise NotFoundError(f"lab {lab!r} is not up (no {record_path(lab)})")
-    state, _ = compile_files(manifest_copies(lab), lab_name=lab)
+    state, _ = compile_files(manifest_copies(lab), lab_name=lab, addons=True)
     if rec.proxy_mode:
         state = replace(state, lab=replace(state.lab, proxy_mode=rec.proxy_mode))
     return state

@@ -1,26 +1,58 @@
-"""ClusterState → the agent's workloads.json document (pure)."""
+"""ClusterState → the agent's workloads.json document (pure).
+
+Each container gets the environment the kubelet would give it (its own `env`, then the
+Service variables of the Services that exist as it starts) and its command and args
+expanded against it. Containers labctl serves itself are marked `builtin` ("dns" for
+cluster DNS). The node that stands in for the API server gets a listener on 6443.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from labctl.cluster.state import ClusterState
+from labctl.cluster.addons import APISERVER_PORT, BUILTIN_ANNOTATION
+from labctl.cluster.state import ClusterState, PodState
+from labctl.kubelet.envvars import PodContext, container_env, expand_command
+
+
+def _containers(state: ClusterState, pod: PodState) -> list[dict[str, Any]]:
+    ctx = PodContext.of(pod, state)
+    builtin = pod.annotations.get(BUILTIN_ANNOTATION, "")
+    out = []
+    for c in pod.spec.containers:
+        env = container_env(ctx, c, state.services)
+        command, args = expand_command(c, env)
+        out.append({
+            "name": c.name,
+            "command": list(command),
+            "args": list(args),
+            "env": [{"name": k, "value": v} for k, v in env],
+            "ports": [{"name": p.name, "port": p.container_port, "protocol": p.protocol}
+                      for p in c.ports],
+            **({"builtin": builtin} if builtin else {}),
+        })
+    return out
+
+
+def _apiserver(state: ClusterState) -> dict[str, Any] | None:
+    """The listener behind default/kubernetes (labs have no control plane)."""
+    node = state.nodes[0]
+    if not any(s.key == "default/kubernetes" for s in state.services):
+        return None
+    return {"namespace": "kube-system", "name": f"kube-apiserver-{node.name}",
+            "node": node.name, "ip": node.ip, "netns": node.netns, "restartPolicy": "Always",
+            "containers": [{"name": "kube-apiserver", "command": [], "args": [], "env": [],
+                            "ports": [{"name": "https", "port": APISERVER_PORT,
+                                       "protocol": "TCP"}]}]}
 
 
 def workloads_document(state: ClusterState) -> dict[str, Any]:
-    pods = []
-    for pod in state.pods:
-        containers = [{
-            "name": c.name,
-            "command": list(c.command),
-            "args": list(c.args),
-            "env": [{"name": e.name, "value": e.value} for e in c.env if e.value is not None],
-            "ports": [{"name": p.name, "port": p.container_port, "protocol": p.protocol}
-                      for p in c.ports],
-        } for c in pod.spec.containers]
-        pods.append({
-            "namespace": pod.namespace, "name": pod.name, "node": pod.node, "ip": pod.ip,
-            "netns": pod.netns, "restartPolicy": pod.spec.restart_policy,
-            "containers": containers,
-        })
+    pods = [{
+        "namespace": pod.namespace, "name": pod.name, "node": pod.node, "ip": pod.ip,
+        "netns": pod.netns, "restartPolicy": pod.spec.restart_policy,
+        "containers": _containers(state, pod),
+    } for pod in state.pods]
+    stand_in = _apiserver(state)
+    if stand_in:
+        pods.append(stand_in)
     return {"lab": state.lab.name, "pods": pods}

@@ -37,9 +37,14 @@ def leftovers(labs: Sequence[str]) -> dict[str, list[str]]:
 
     owned = inventory.lab_namespaces()
     out = {lab: owned[lab] for lab in labs if lab in owned}
+    from labctl.lab import etcnetns
+
+    pod_files = etcnetns.owners()
     for lab in labs:
         if os.path.exists(names.state_dir(lab)):
             out.setdefault(lab, []).append(names.state_dir(lab))
+        if lab in pod_files:
+            out.setdefault(lab, []).append(f"{etcnetns.ETC_NETNS}/* owned by {lab}")
     return out
 
 

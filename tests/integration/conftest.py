@@ -40,11 +40,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def labs_of_tests() -> list[str]:
-    from labctl.lab import store
+    from labctl.lab import etcnetns, store
     from labctl.net import inventory
 
-    return sorted({lab for lab in [*store.known_labs(), *inventory.lab_namespaces()]
-                   if lab.startswith("it-")})
+    return sorted({lab for lab in [*store.known_labs(), *inventory.lab_namespaces(),
+                                   *etcnetns.owners()] if lab.startswith("it-")})
 
 
 @pytest.fixture(scope="session", autouse=True)

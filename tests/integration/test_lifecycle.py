@@ -54,7 +54,8 @@ spec:
 
 
 def pods_of(lab: str) -> list[dict]:
-    return json.loads(labctl("get", "pods", "-A", "-o", "json", "--lab", lab).stdout)["items"]
+    """The lab's own pods (default namespace; kube-system holds cluster DNS)."""
+    return json.loads(labctl("get", "pods", "-o", "json", "--lab", lab).stdout)["items"]
 
 
 def assert_gone(lab: str) -> None:
