@@ -123,6 +123,7 @@ class Agent:
         self.stop_requested = asyncio.Event()
         self.pidfile_fd: int | None = None
         self.control: asyncio.Server | None = None
+        self.cluster_dns: Any = None  # agent.cluster_dns.ClusterDns, once a DNS pod exists
 
     # entry
 
@@ -184,8 +185,11 @@ class Agent:
         self.check_namespaces()
         await self.open_control()
         plan = self.plan()
+        for pod, container, _program in plan:
+            if container.builtin == "dns":
+                self.serve_cluster_dns(pod, container)
         for pod, container, program in plan:
-            if program is None:
+            if program is None and not container.builtin:
                 await self.serve_builtin(pod, container)
         for pod, container, program in plan:
             if program is not None:
@@ -250,6 +254,17 @@ class Agent:
                     lambda i=ident, lg=clog: echo.UdpEcho(i, lg), sock=sock)
             clog(f"built-in echo server listening on 0.0.0.0:{port}")
 
+    def serve_cluster_dns(self, pod: Pod, container: Container) -> None:
+        from labctl.agent.cluster_dns import ClusterDns
+
+        if self.cluster_dns is None:
+            self.cluster_dns = ClusterDns(self.workloads.lab)
+        try:
+            self.cluster_dns.serve(pod, container)
+        except OSError as e:
+            raise LabctlError(f"pod {pod.key}: cannot serve cluster DNS in {pod.netns}: "
+                              f"{e.strerror or e}") from e
+
     async def start_process(self, pod: Pod, container: Container, program: str) -> None:
         ip_cmd = shutil.which("ip") or "/usr/sbin/ip"
         env = base_env(pod.name, os.environ.get("PATH"))
@@ -313,7 +328,8 @@ class Agent:
                     states.append({"name": c.name, "state": sup.state(),
                                    "restarts": sup.restarts})
                 else:  # the built-in server: running once its sockets are open
-                    ok = not c.ports or (pod.key, c.name) in served
+                    ok = (not c.ports or (pod.key, c.name) in served
+                          or (c.builtin == "dns" and self.cluster_dns is not None))
                     states.append({"name": c.name, "state": "Running" if ok else "Waiting",
                                    "restarts": 0})
             out[pod.key] = states
@@ -337,6 +353,8 @@ class Agent:
             self.control.close()
         for lst in self.listeners:
             lst.close()
+        if self.cluster_dns is not None:
+            self.cluster_dns.stop()
         for conn in list(self.connections):
             conn.shutdown()
         if self.supervisors:

@@ -45,6 +45,7 @@ class Container:
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     ports: tuple[Port, ...] = ()
+    builtin: str = ""  # served by labctl itself: "dns" (cluster DNS), "" (echo or process)
 
     @property
     def argv(self) -> tuple[str, ...]:
@@ -193,6 +194,7 @@ class _Parser:
             args=self.strings(o, "args", at),
             env=tuple(env),
             ports=tuple(ports),
+            builtin=str(o.get("builtin") or ""),
         )
 
 

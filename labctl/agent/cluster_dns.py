@@ -1,0 +1,67 @@
+"""The lab's cluster DNS, served by the agent in the coredns pods' network namespaces.
+
+One responder (labctl.dns) answers for every replica: each replica's UDP and TCP
+sockets on port 53 are opened inside that pod's namespace and handed to it, so queries
+reach them only through the kube-dns Service and the nodes' kube-proxy rules, as in a
+cluster. Names outside the cluster are forwarded to the host's own resolvers (the agent
+runs in the host's namespace, as CoreDNS forwards to its node's resolv.conf).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from labctl.agent.workloads import Container, Pod
+from labctl.dns.server import DnsServer
+from labctl.dns.zone import Zone
+from labctl.net import netns
+
+log = logging.getLogger("labctl.agent")
+
+DNS_PORT = 53
+
+
+def host_upstreams(path: str = "/etc/resolv.conf") -> list[str]:
+    from labctl.kubelet.podfiles import parse_resolv_conf
+
+    try:
+        with open(path) as f:
+            nameservers, _search, _options = parse_resolv_conf(f.read())
+    except OSError:
+        return []
+    return [f"{ns}:53" for ns in nameservers if ":" not in ns]
+
+
+class ClusterDns:
+    def __init__(self, lab: str) -> None:
+        from labctl.lab.store import state_of
+
+        state = state_of(lab)
+        self.server = DnsServer(Zone.from_state(state), upstreams=host_upstreams())
+        self.sockets = 0
+
+    def serve(self, pod: Pod, container: Container) -> None:
+        """Open the container's port-53 sockets in its pod and serve them."""
+        for port in container.ports:
+            if port.port != DNS_PORT or port.protocol not in ("UDP", "TCP"):
+                continue
+            kind = socket.SOCK_DGRAM if port.protocol == "UDP" else socket.SOCK_STREAM
+            with netns.entered(pod.netns):
+                sock = socket.socket(socket.AF_INET, kind)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("0.0.0.0", DNS_PORT))
+            except OSError:
+                sock.close()
+                raise
+            if kind == socket.SOCK_DGRAM:
+                self.server.serve_udp(sock)
+            else:
+                self.server.serve_tcp(sock)
+            self.sockets += 1
+            log.info("cluster DNS on %s:%d/%s (pod %s)", pod.ip, DNS_PORT, port.protocol,
+                     pod.key)
+
+    def stop(self) -> None:
+        self.server.stop()
