@@ -11,7 +11,7 @@ import contextlib
 import functools
 import gc
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from labctl.cluster.state import ClusterState, ServiceState
@@ -118,12 +118,60 @@ class ServicePortEndpoints:
     categorized: Categorized
 
 
+ServiceKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class ServiceSource:
+    """What one Service's ServicePorts were built from (build_input's memo: the ports are
+    a pure function of the Service, its EndpointSlices and the node's name)."""
+
+    node_name: str
+    service: ServiceState
+    slices: tuple[EndpointSlice, ...]
+    ports: tuple[ServicePortEndpoints, ...]
+
+    def reuse(self, node_name: str, service: ServiceState,
+              slices: tuple[EndpointSlice, ...]) -> ServiceSource | None:
+        """This memo (or one with the same ports for equal copies of its objects), if
+        the ports of `service` with `slices` on `node_name` are known; else None."""
+        if node_name != self.node_name:
+            return None
+        if service is self.service and len(slices) == len(self.slices) and all(
+                a is b for a, b in zip(slices, self.slices, strict=True)):
+            return self  # the same objects as last time: O(1)
+        if service == self.service and slices == self.slices:
+            # Equal copies (a state compiled again from the files): remember the new
+            # objects, so that the next sync finds them identical.
+            return ServiceSource(node_name, service, slices, self.ports)
+        return None
+
+
 @dataclass(frozen=True)
 class ProxyInput:
-    """Everything a mode renders from: the node's flags and each ServicePort's endpoints."""
+    """Everything a mode renders from: the node's flags and each ServicePort's endpoints.
+
+    `services` groups the ports per Service; `sources` (from build_input) lets the next
+    build_input reuse the ports of Services whose objects did not change. Neither takes
+    part in equality."""
 
     config: ProxyConfig
     ports: tuple[ServicePortEndpoints, ...] = field(default=())
+    sources: Mapping[ServiceKey, ServiceSource] = field(
+        default_factory=dict, compare=False, repr=False)
+
+    @functools.cached_property
+    def services(self) -> dict[ServiceKey, tuple[ServicePortEndpoints, ...]]:
+        """ServiceKey → its ServicePorts, in `ports` order (a Service's ports adjacent, as
+        build_input emits them; otherwise grouped at the Service's first port)."""
+        grouped: dict[ServiceKey, list[ServicePortEndpoints]] = {}
+        for pe in self.ports:
+            grouped.setdefault((pe.info.namespace, pe.info.name), []).append(pe)
+        return {k: tuple(v) for k, v in grouped.items()}
+
+    @functools.cached_property
+    def total_endpoints(self) -> int:
+        return sum(len(p.endpoints) for p in self.ports)
 
 
 # ----------------------------------------------------------------- Services → ServicePorts
@@ -210,17 +258,48 @@ def categorize(info: ServicePortInfo, endpoints: Sequence[EndpointInfo]) -> Cate
 
 
 def build_input(config: ProxyConfig, services: Iterable[ServiceState],
-                slices: Sequence[EndpointSlice]) -> ProxyInput:
+                slices: Sequence[EndpointSlice], previous: ProxyInput | None = None,
+                ) -> ProxyInput:
+    """The node's view of every Service. With `previous` (the last input of the same
+    node), a Service whose ServiceState and EndpointSlices are the same objects as then
+    (or equal ones) keeps its ServicePortEndpoints objects: nothing is rebuilt for it,
+    and the renderers see at once (by identity) that it did not change."""
     by_service: dict[tuple[str, str], list[EndpointSlice]] = {}
     for es in slices:  # index once: looking through every slice per port is quadratic
         by_service.setdefault((es.meta.namespace, es.service_name), []).append(es)
-    ports = []
-    for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
-        own = by_service.get((svc.namespace, svc.name), [])
-        for info in service_ports(svc):
-            eps = endpoints_for(info, own, config.node_name)
-            ports.append(ServicePortEndpoints(info, eps, categorize(info, eps)))
-    return ProxyInput(config, tuple(ports))
+    memo = previous.sources if previous is not None else {}
+    node = config.node_name
+    ports: list[ServicePortEndpoints] = []
+    grouped: dict[ServiceKey, tuple[ServicePortEndpoints, ...]] = {}
+    sources: dict[ServiceKey, ServiceSource] = {}
+    twice: set[ServiceKey] = set()
+    keyed = [((svc.namespace, svc.name), svc) for svc in services]
+    keyed.sort(key=lambda pair: pair[0])
+    for key, svc in keyed:
+        own = tuple(by_service.get(key, ()))
+        src = memo.get(key)
+        if src is not None:
+            src = src.reuse(node, svc, own)
+        if src is None:
+            built = []
+            for info in service_ports(svc):
+                eps = endpoints_for(info, own, node)
+                built.append(ServicePortEndpoints(info, eps, categorize(info, eps)))
+            src = ServiceSource(node, svc, own, tuple(built))
+        ports += src.ports
+        if key in sources:  # the same Service twice (invalid): keep both, memo neither
+            twice.add(key)
+            if src.ports:
+                grouped[key] = grouped.get(key, ()) + src.ports
+            continue
+        sources[key] = src
+        if src.ports:
+            grouped[key] = src.ports
+    for key in twice:
+        del sources[key]
+    inp = ProxyInput(config, tuple(ports), sources)
+    inp.__dict__["services"] = grouped  # the cached_property's value, known already
+    return inp
 
 
 def config_for_node(state: ClusterState, node_name: str) -> ProxyConfig:

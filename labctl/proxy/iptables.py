@@ -4,18 +4,21 @@
     rs.payload()            # what kube-proxy feeds `iptables-restore --noflush --counters`
     rs.jump_rules()         # the rules it ensures outside the restore (EnsureRule, -I)
     rs.partial_payload(old) # a partial resync after `old`
+    rs, text = iptables.render_update(old, inp)  # the same, re-rendering only changes
 
-The ruleset is structured data (per table: chain declarations and rules in emission
-order, each tagged with its Service); every method is a view over it. What is written,
-and why, is in iptables_render.py. Nothing here runs iptables.
+The ruleset is structured data: kube-proxy's fixed chains and rules, then one part per
+Service (its chain declarations and rules in emission order, each tagged with the
+Service, and their restore text); every method is a view over it. render_update reuses
+the parts of unchanged Services, so a partial sync costs what changed plus one join.
+What is written, and why, is in iptables_render.py. Nothing here runs iptables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 from dataclasses import dataclass
 
-from labctl.proxy.base import ProxyInput
+from labctl.proxy.base import ProxyInput, ServiceKey
 from labctl.proxy.iptables_render import (
     FILTER,
     FILTER_TOP_CHAINS,
@@ -30,9 +33,14 @@ from labctl.proxy.iptables_render import (
     NAT,
     NAT_TOP_CHAINS,
     ChainDecl,
+    FixedPart,
     Rule,
+    ServicePart,
+    SyncContext,
     build,
     is_service_chain,
+    service_part,
+    sync_context,
 )
 
 RESTORE_FLAGS = ("--noflush", "--counters")  # how kube-proxy runs iptables-restore
@@ -85,17 +93,65 @@ def render(inp: ProxyInput, *, random_fully: bool = True) -> IptablesRuleset:
     """The rules kube-proxy's iptables mode programs for `inp` (one node's view).
 
     random_fully: whether the iptables binary supports `--random-fully` (MASQUERADE)."""
-    filter_data, nat_data = build(inp, random_fully)
-    return IptablesRuleset(tuple(filter_data.chains), tuple(filter_data.rules),
-                           tuple(nat_data.chains), tuple(nat_data.rules))
+    fixed, parts = build(inp, random_fully)
+    return IptablesRuleset(fixed, parts, sync_context(inp), random_fully)
+
+
+def render_update(old: IptablesRuleset, inp: ProxyInput, *, random_fully: bool = True,
+                  ) -> tuple[IptablesRuleset, str]:
+    """The ruleset for `inp` and the partial-sync payload after `old`, in time
+    proportional to what changed: only Services whose ServicePorts differ from those
+    `old` was rendered from are rendered again; the others' parts (and their text) are
+    reused. Equal to `(render(inp), render(inp).partial_payload(old))`.
+
+    When the flags or large-cluster mode changed, every Service is rendered again (each
+    one's rules depend on them); the payload is still the partial one, as kube-proxy's."""
+    ctx = sync_context(inp)
+    if ctx != old.context or random_fully != old.random_fully:
+        new = render(inp, random_fully=random_fully)
+    else:
+        before = old.by_key
+        parts = []
+        for key, ports in inp.services.items():
+            prev = before.get(key)
+            if prev is None or (prev.ports is not ports and prev.ports != ports):
+                prev = service_part(ctx, key, ports)
+            parts.append(prev)
+        new = IptablesRuleset(old.fixed, tuple(parts), ctx, random_fully)
+    return new, new.partial_payload(old)
 
 
 @dataclass(frozen=True)
 class IptablesRuleset:
-    filter_chains: tuple[ChainDecl, ...]
-    filter_rules: tuple[Rule, ...]
-    nat_chains: tuple[ChainDecl, ...]
-    nat_rules: tuple[Rule, ...]
+    """kube-proxy's own part, then one part per Service, and what they were rendered
+    with. `filter_chains`, `filter_rules`, `nat_chains`, `nat_rules` give it flat."""
+
+    fixed: FixedPart
+    parts: tuple[ServicePart, ...]
+    context: SyncContext
+    random_fully: bool = True
+
+    @functools.cached_property
+    def by_key(self) -> dict[ServiceKey, ServicePart]:
+        return {p.key: p for p in self.parts}
+
+    @functools.cached_property
+    def filter_chains(self) -> tuple[ChainDecl, ...]:
+        return self.fixed.filter_chains  # a Service's own chains are all in nat
+
+    @functools.cached_property
+    def filter_rules(self) -> tuple[Rule, ...]:
+        return (*self.fixed.filter_head, *(r for p in self.parts for r in p.filter_rules),
+                *self.fixed.filter_tail)
+
+    @functools.cached_property
+    def nat_chains(self) -> tuple[ChainDecl, ...]:
+        return (*self.fixed.nat_chains, *(c for p in self.parts for c in p.nat_chains))
+
+    @functools.cached_property
+    def nat_rules(self) -> tuple[Rule, ...]:
+        return (*self.fixed.nat_head, *(r for p in self.parts for r in p.nat_rules),
+                *self.fixed.nat_tail)
 
     # ------------------------------------------------------------- restore input
 
@@ -103,8 +159,7 @@ class IptablesRuleset:
         """A full sync. From empty state by default; with `old` (what is loaded now), also
         flush and delete old per-service chains that are gone, as kube-proxy does after
         reading them back with iptables-save."""
-        stale = self._stale(old) if old else []
-        return self._text(lambda _service: True, stale)
+        return self._text(None, self._stale(old) if old else [])
 
     def partial_payload(self, old: IptablesRuleset) -> str:
         """A partial sync after `old`: top-level chains and the whole filter table are
@@ -113,33 +168,64 @@ class IptablesRuleset:
         kube-proxy calls a Service changed when its Service or EndpointSlice objects
         changed since the last sync; here it is changed when its chains would hold other
         rules (comments aside). The kernel ends up the same; the only difference is that
-        an object change that leaves the rules alone rewrites nothing here."""
-        now, before = _contents(self), _contents(old)
-        changed = {s for s in self._services() if now.get(s) != before.get(s)}
-        return self._text(changed.__contains__, self._stale(old))
+        an object change that leaves the rules alone rewrites nothing here.
 
-    def _text(self, rewrite: Callable[[str], bool], stale: list[str]) -> str:
-        def keep(chain: str, service: str) -> bool:
-            return not is_service_chain(chain) or rewrite(service)
+        O(Services) string joins plus the work of the changed Services: a part shared
+        with `old` (render_update reuses them) is unchanged without looking inside."""
+        return self._text(*self._diff(old))
 
-        nat_chains = [c.line for c in self.nat_chains if keep(c.name, c.service)]
-        nat_chains += [f":{name} - [0:0]" for name in stale]
-        body = [r.line for r in self.nat_rules if not r.tail and keep(r.chain, r.service)]
-        # Deletions go after every service rule and before the "last rule" of KUBE-SERVICES.
-        body += [f"-X {name}" for name in stale]
-        body += [r.line for r in self.nat_rules if r.tail]
-        return _restore([
-            (FILTER, [c.line for c in self.filter_chains], [r.line for r in self.filter_rules]),
-            (NAT, nat_chains, body)])
+    def _diff(self, old: IptablesRuleset) -> tuple[set[ServiceKey], list[str]]:
+        """The Services whose own chains changed since `old`, and what is stale."""
+        before = old.by_key
+        changed = {p.key for p in self.parts if p.nat_chains
+                   and (prev := before.get(p.key)) is not p
+                   and (prev is None or p.contents != prev.contents)}
+        return changed, self._stale(old)
 
     def _stale(self, old: IptablesRuleset) -> list[str]:
-        """Old per-service chains (nat) no longer declared; sorted (kube-proxy: set order)."""
-        now = {c.name for c in self.nat_chains}
-        return sorted({c.name for c in old.nat_chains
-                       if is_service_chain(c.name) and c.name not in now})
+        """Old per-service chains no longer declared; sorted (kube-proxy: set order).
 
-    def _services(self) -> set[str]:
-        return {c.service for c in self.nat_chains if c.service}
+        Chain names hash the ServicePortName, so a chain only ever belongs to one
+        Service: what is stale is found Service by Service (a part shared with `old`
+        has nothing stale)."""
+        before = old.by_key
+        stale: set[str] = set()
+        kept = 0
+        for part in self.parts:
+            prev = before.get(part.key)
+            if prev is not None:
+                kept += 1
+                if prev is not part:
+                    stale |= prev.chain_names - part.chain_names
+        if kept < len(before):  # Services gone
+            now = self.by_key
+            for prev in old.parts:
+                if prev.key not in now:
+                    stale |= prev.chain_names
+        return sorted(stale)
+
+    def _text(self, rewrite: set[ServiceKey] | None, stale: list[str]) -> str:
+        """The restore input, rewriting the own chains of the Services in `rewrite`
+        (None: all)."""
+        fixed, parts = self.fixed, self.parts
+        if rewrite is None:
+            mine = [p.chain_text for p in parts if p.chain_text]
+            body = [p.nat_text for p in parts if p.nat_text]
+        else:
+            mine = [p.chain_text for p in parts if p.key in rewrite and p.chain_text]
+            body = [t for p in parts
+                    if (t := p.nat_text if p.key in rewrite else p.nat_top_text)]
+        nat_chains = [c.line for c in fixed.nat_chains] + mine
+        nat_chains += [f":{name} - [0:0]" for name in stale]
+        body = [r.line for r in fixed.nat_head] + body
+        # Deletions go after every service rule and before the "last rule" of KUBE-SERVICES.
+        body += [f"-X {name}" for name in stale]
+        body += [r.line for r in fixed.nat_tail]
+        filter_rules = [r.line for r in fixed.filter_head]
+        filter_rules += [p.filter_text for p in parts if p.filter_text]
+        filter_rules += [r.line for r in fixed.filter_tail]
+        return _restore([(FILTER, [c.line for c in fixed.filter_chains], filter_rules),
+                         (NAT, nat_chains, body)])
 
     # ------------------------------------------------------------- outside the restore
 
@@ -205,29 +291,6 @@ class IptablesRuleset:
             for rule in rules:
                 out[table][rule.chain].append(rule.line)
         return out
-
-
-def _contents(rs: IptablesRuleset) -> dict[str, tuple[list[str], list[Rule]]]:
-    """Per Service, what its per-service chains are and do (the unit of a partial sync),
-    gathered in one pass (per Service, a scan of every rule would be quadratic).
-
-    Comments are left out: they only differ when large-cluster mode switches, and then
-    kube-proxy does not rewrite unchanged Services either."""
-    out: dict[str, tuple[list[str], list[Rule]]] = {}
-    for c in rs.nat_chains:
-        if c.service:
-            out.setdefault(c.service, ([], []))[0].append(c.name)
-    for r in rs.nat_rules:
-        if r.service and is_service_chain(r.chain):
-            out.setdefault(r.service, ([], []))[1].append(_uncommented(r))
-    return out
-
-
-def _uncommented(rule: Rule) -> Rule:
-    args = list(rule.args)
-    if args[:3] == ["-m", "comment", "--comment"]:
-        del args[:4]
-    return Rule(rule.chain, tuple(args), rule.service)
 
 
 def _restore(tables: list[tuple[str, list[str], list[str]]]) -> str:

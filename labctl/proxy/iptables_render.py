@@ -6,9 +6,9 @@ the same chains, the same argument order, the same comments quoted the same way,
 interleaving of rules of different chains. Pure: no I/O.
 
 Differences that are choices, not accidents:
-* Services are visited in `inp.ports` order (build_input sorts them by namespace, name,
-  then spec.ports order). kube-proxy walks a Go map, so its order is random; any fixed
-  order gives the same kernel state.
+* Services are visited in `inp.services` order (build_input sorts them by namespace,
+  name, then spec.ports order; a Service's ports are kept together). kube-proxy walks
+  a Go map, so its order is random; any fixed order gives the same kernel state.
 * No nfacct counters: kube-proxy only adds `-m nfacct` matches (on the INVALID drop) and
   the `-d 127.0.0.0/8` localhost NodePort rule when it could create its nfacct counters.
   labctl does not, so it writes what kube-proxy writes when the counters are unavailable.
@@ -18,15 +18,17 @@ Differences that are choices, not accidents:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from labctl.proxy.base import (
     EndpointInfo,
     ProxyConfig,
     ProxyInput,
+    ServiceKey,
     ServicePortEndpoints,
-    ServicePortInfo,
     endpoint_chain_hash,
     port_proto_hash,
     probability,
@@ -108,7 +110,7 @@ class _Writer:
 
 
 @dataclass(frozen=True)
-class _Context:
+class SyncContext:
     """Per-sync facts shared by every Service (the Proxier fields syncProxyRules reads)."""
 
     config: ProxyConfig
@@ -173,30 +175,124 @@ def nodeport_ips(config: ProxyConfig) -> list[str]:
 # ----------------------------------------------------------------- the sync
 
 
-def build(inp: ProxyInput, random_fully: bool) -> tuple[TableData, TableData]:
-    """The filter and nat halves of a full sync's iptables-restore input."""
+def sync_context(inp: ProxyInput) -> SyncContext:
+    """What every Service's rules depend on besides its own input: the flags, and whether
+    the sync is in large-cluster mode (more than 1000 endpoints in all)."""
     config = inp.config
-    total = sum(len(p.endpoints) for p in inp.ports)
-    ctx = _Context(
+    return SyncContext(
         config=config, mark=config.masquerade_mark,
         pod_cidr=config.cluster_cidr.strip(),
         localhost_nodeports=localhost_nodeports(config),
-        large_cluster=total > LARGE_CLUSTER_ENDPOINTS,
+        large_cluster=inp.total_endpoints > LARGE_CLUSTER_ENDPOINTS,
         node_ip=next(iter(_v4_only(config.node_ips)), ""))
-    w = _Writer()
-    _top_chains(w, ctx, random_fully)
-    # kube-proxy ranges over a Go map (random order); inp.ports is sorted by namespace,
-    # name, then spec.ports order. Any fixed order programs the same kernel state.
-    for spe in inp.ports:
-        w.service = service_key(spe.info)
+
+
+@dataclass(frozen=True)
+class FixedPart:
+    """kube-proxy's own chains and rules, written around the Services' in each table:
+    declarations, rules before the Services' (head) and after them (tail)."""
+
+    filter_chains: tuple[ChainDecl, ...]
+    filter_head: tuple[Rule, ...]
+    filter_tail: tuple[Rule, ...]
+    nat_chains: tuple[ChainDecl, ...]
+    nat_head: tuple[Rule, ...]
+    nat_tail: tuple[Rule, ...]
+
+
+def fixed_part(ctx: SyncContext, random_fully: bool) -> FixedPart:
+    head = _Writer()
+    _top_chains(head, ctx, random_fully)
+    tail = _Writer()
+    _tail(tail, ctx)
+    _forward(tail, ctx)
+    assert not tail.filter.chains and not tail.nat.chains
+    return FixedPart(tuple(head.filter.chains), tuple(head.filter.rules),
+                     tuple(tail.filter.rules), tuple(head.nat.chains), tuple(head.nat.rules),
+                     tuple(tail.nat.rules))
+
+
+_NAT_TOP = frozenset(NAT_TOP_CHAINS)
+
+
+def _lines(rules: Iterable[Rule]) -> str:
+    return "\n".join([r.line for r in rules])
+
+
+@dataclass(frozen=True)
+class ServicePart:
+    """Everything one Service (all its ServicePorts) writes, in emission order, with the
+    input it came from and its restore text precomputed ("" = no such line):
+
+    * filter_text: its filter rules (all in top-level chains);
+    * nat_top_text: its nat rules in top-level chains (KUBE-SERVICES, KUBE-NODEPORTS),
+      what a partial sync writes for a Service it does not rewrite;
+    * nat_text: all its nat rules (top-level and its own chains, interleaved as emitted);
+    * chain_text: the declarations of its own chains.
+    """
+
+    key: ServiceKey
+    ports: tuple[ServicePortEndpoints, ...]
+    filter_rules: tuple[Rule, ...]
+    nat_chains: tuple[ChainDecl, ...]
+    nat_rules: tuple[Rule, ...]
+    filter_text: str = field(default="", compare=False, repr=False)
+    nat_top_text: str = field(default="", compare=False, repr=False)
+    nat_text: str = field(default="", compare=False, repr=False)
+    chain_text: str = field(default="", compare=False, repr=False)
+
+    @functools.cached_property
+    def contents(self) -> tuple[tuple[str, ...], tuple[Rule, ...]] | None:
+        """What its own chains are and do (the unit of a partial sync); None without
+        chains. Comments are left out: they only differ when large-cluster mode
+        switches, and then kube-proxy does not rewrite unchanged Services either."""
+        if not self.nat_chains:
+            return None
+        return (tuple(c.name for c in self.nat_chains),
+                tuple(_uncommented(r) for r in self.nat_rules if is_service_chain(r.chain)))
+
+    @functools.cached_property
+    def chain_names(self) -> frozenset[str]:
+        return frozenset(c.name for c in self.nat_chains)
+
+
+def _uncommented(rule: Rule) -> Rule:
+    args = rule.args
+    if args[:3] == ("-m", "comment", "--comment"):
+        args = args[4:]
+    return Rule(rule.chain, args, rule.service)
+
+
+def service_part(ctx: SyncContext, key: ServiceKey,
+                 ports: tuple[ServicePortEndpoints, ...]) -> ServicePart:
+    """The body of syncProxyRules' loop over svcPortMap, for one Service's ports."""
+    w = _Writer(service=f"{key[0]}/{key[1]}")
+    for spe in ports:
         _ServicePortWriter(w, ctx, spe).write()
-    w.service = ""
-    _tail(w, ctx)
-    _forward(w, ctx)
-    return w.filter, w.nat
+    assert not w.filter.chains  # a Service's own chains are all in nat
+    filter_rules, nat_chains, nat_rules = w.filter.rules, w.nat.chains, w.nat.rules
+    lines = [r.line for r in nat_rules]
+    nat_text = "\n".join(lines)
+    top = [t for r, t in zip(nat_rules, lines, strict=True) if r.chain in _NAT_TOP]
+    top_text = nat_text if len(top) == len(lines) else "\n".join(top)
+    return ServicePart(
+        key, ports, tuple(filter_rules), tuple(nat_chains), tuple(nat_rules),
+        filter_text=_lines(filter_rules), nat_top_text=top_text, nat_text=nat_text,
+        chain_text="\n".join([c.line for c in nat_chains]))
 
 
-def _top_chains(w: _Writer, ctx: _Context, random_fully: bool) -> None:
+def build(inp: ProxyInput, random_fully: bool) -> tuple[FixedPart, tuple[ServicePart, ...]]:
+    """A full sync's iptables-restore input, as the fixed part and one part per Service.
+
+    kube-proxy ranges over a Go map (random order); here Services come in inp.services
+    order (build_input: by namespace and name, ports in spec.ports order). Any fixed order
+    programs the same kernel state."""
+    ctx = sync_context(inp)
+    return fixed_part(ctx, random_fully), tuple(
+        service_part(ctx, key, ports) for key, ports in inp.services.items())
+
+
+def _top_chains(w: _Writer, ctx: SyncContext, random_fully: bool) -> None:
     for name in FILTER_TOP_CHAINS:
         w.chain(FILTER, name)
     for name in NAT_TOP_CHAINS:
@@ -219,7 +315,7 @@ def _top_chains(w: _Writer, ctx: _Context, random_fully: bool) -> None:
                "-j", "DROP")
 
 
-def _tail(w: _Writer, ctx: _Context) -> None:
+def _tail(w: _Writer, ctx: SyncContext) -> None:
     """The last KUBE-SERVICES rule(s): anything addressed to the node goes to KUBE-NODEPORTS."""
     if not nodeport_cidrs(ctx.config):
         dest = ["-m", "addrtype", "--dst-type", "LOCAL"]
@@ -235,7 +331,7 @@ def _tail(w: _Writer, ctx: _Context) -> None:
                "-j", KUBE_NODEPORTS, tail=True)
 
 
-def _forward(w: _Writer, ctx: _Context) -> None:
+def _forward(w: _Writer, ctx: SyncContext) -> None:
     mark = ctx.mark
     # Out-of-window packets conntrack marks INVALID would otherwise reset connections
     # (issues 74839, 117924).
@@ -258,7 +354,7 @@ def _quoted(text: str) -> str:
 class _ServicePortWriter:
     """The body of syncProxyRules' loop over svcPortMap, for one ServicePort."""
 
-    def __init__(self, w: _Writer, ctx: _Context, spe: ServicePortEndpoints) -> None:
+    def __init__(self, w: _Writer, ctx: SyncContext, spe: ServicePortEndpoints) -> None:
         self.w, self.ctx, self.spe = w, ctx, spe
         info, cat = spe.info, spe.categorized
         self.info, self.cat = info, cat
@@ -481,7 +577,3 @@ class _ServicePortWriter:
 
     def _sep(self, ep: EndpointInfo) -> str:
         return "KUBE-SEP-" + endpoint_chain_hash(self.info, ep.string)
-
-
-def service_key(info: ServicePortInfo) -> str:
-    return f"{info.namespace}/{info.name}"

@@ -10,6 +10,9 @@ which every view is derived:
 * `payload()` — the `nft -f` input of kube-proxy's first full sync from an empty table;
 * `update_payload(old)` — the transaction of kube-proxy's next sync when the kernel
   holds `old` (`update_operations` gives the same as operations);
+* `render_update(old, inp)` — the ruleset for `inp` and that same transaction, in time
+  proportional to the Services that changed (unchanged Services' rules are reused, and
+  only the changed Services' elements, with any sharing their keys, are diffed);
 * `cleanup_payload()` — `kube-proxy --cleanup`;
 * `for_service(ns, name)` — one Service's objects as `nft list`-like text;
 * `objects()` / `dump()` — the resulting table: an `NftState` (chains with their rules,
@@ -22,10 +25,11 @@ nftables_setup.py (the fixed part) and nftables_services.py (the per-Service par
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from labctl.proxy.base import ProxyConfig, ProxyInput, ServicePortEndpoints
+from labctl.proxy.base import ProxyConfig, ProxyInput, ServiceKey, ServicePortEndpoints
 from labctl.proxy.nftables_objects import (
     FAMILY,
     TABLE,
@@ -41,36 +45,111 @@ from labctl.proxy.nftables_objects import (
 from labctl.proxy.nftables_services import Context, PortRules, Step, ipv4
 from labctl.proxy.nftables_setup import ELEMENT_CONTAINERS, SETS, ensure_chain, setup_ops
 
-__all__ = ["NftRuleset", "NftState", "render"]
+__all__ = ["NftRuleset", "NftState", "render", "render_update"]
 
 # ----------------------------------------------------------------- elements
+
+ElementKey = tuple[str, tuple[str, ...]]  # (set or map, key)
+Value = tuple[str, ...]
 
 
 class ElementStore:
     """kube-proxy's nftElementStorage: an element is written only when it is missing or
-    its value changed (then deleted and re-added); what nobody ensured is deleted."""
+    its value changed (then deleted and re-added); what nobody ensured is deleted.
 
-    def __init__(self, state: NftState | None = None) -> None:
-        self.held: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
-        if state is not None:
-            for name in ELEMENT_CONTAINERS:
-                for key, e in state.elements.get(name, {}).items():
-                    self.held[(name, key)] = e.value
-        self.leftover = set(self.held)
+    `held` is what the table holds now (it is taken over and updated in place)."""
+
+    def __init__(self, held: dict[ElementKey, Value] | None = None) -> None:
+        self.held: dict[ElementKey, Value] = {} if held is None else held
+        self.ensured: set[ElementKey] = set()
 
     def ensure(self, e: Element) -> list[Op]:
         k = (e.container, e.key)
-        self.leftover.discard(k)
-        if k in self.held and self.held[k] == e.value:
+        self.ensured.add(k)
+        old = self.held.get(k)
+        if old == e.value:
             return []
-        ops = [Op("delete", Element(e.container, e.key))] if k in self.held else []
         self.held[k] = e.value
-        return [*ops, Op("add", e)]
+        if old is None:
+            return [Op("add", e)]
+        return [Op("delete", Element(e.container, e.key)), Op("add", e)]
 
-    def cleanup(self) -> list[Op]:
-        keys = sorted(self.leftover, key=lambda k: (ELEMENT_CONTAINERS.index(k[0]), k[1]))
-        self.leftover.clear()
+    def cleanup(self, candidates: Iterable[ElementKey]) -> list[Op]:
+        """Delete those of `candidates` (keys held before the sync) nobody ensured."""
+        keys = sorted((k for k in candidates if k not in self.ensured),
+                      key=lambda k: (ELEMENT_CONTAINERS.index(k[0]), k[1]))
+        for k in keys:
+            del self.held[k]
         return [Op("delete", Element(name, key)) for name, key in keys]
+
+
+Owners = tuple[tuple[ServiceKey, Value], ...]
+
+
+@dataclass
+class ElementIndex:
+    """The elements the table holds once a ruleset is loaded, and which Services add
+    them: what lets a sync look at the elements of changed Services only.
+
+    values: the value each key ends up with (the last Service's to write it);
+    owners: per key, each (Service, value) that writes it;
+    conflicts: the keys whose owners disagree on the value (each sync rewrites them)."""
+
+    values: dict[ElementKey, Value]
+    owners: dict[ElementKey, Owners]
+    conflicts: set[ElementKey]
+
+    @classmethod
+    def of(cls, services: Iterable[ServiceRules]) -> ElementIndex:
+        values: dict[ElementKey, Value] = {}
+        owners: dict[ElementKey, Owners] = {}
+        conflicts: set[ElementKey] = set()
+        for svc in services:
+            skey = svc.key
+            for k, v in svc.element_pairs:
+                values[k] = v
+                held = owners.get(k)
+                if held is None:
+                    owners[k] = ((skey, v),)
+                elif (skey, v) not in held:
+                    if any(w != v for _, w in held):
+                        conflicts.add(k)
+                    owners[k] = (*held, (skey, v))
+        return cls(values, owners, conflicts)
+
+    def owners_after(self, old: dict[ServiceKey, ServiceRules],
+                     new: dict[ServiceKey, ServiceRules], changed: Iterable[ServiceKey],
+                     ) -> tuple[dict[ElementKey, Owners], set[ElementKey], set[ElementKey]]:
+        """owners and conflicts once the `changed` Services are replaced by their `new`
+        version (or removed), and the keys those Services write(wrote)."""
+        owners = dict(self.owners)
+        touched: set[ElementKey] = set()
+        for skey in changed:
+            if (before := old.get(skey)) is not None:
+                for k, _ in before.element_pairs:
+                    held = owners.get(k)
+                    if held is not None:  # (None: a second element with this key)
+                        rest = tuple(o for o in held if o[0] != skey)
+                        if rest:
+                            owners[k] = rest
+                        else:
+                            del owners[k]
+                    touched.add(k)
+        for skey in changed:
+            if (after := new.get(skey)) is not None:
+                for k, v in after.element_pairs:
+                    held = owners.get(k, ())
+                    if (skey, v) not in held:
+                        owners[k] = (*held, (skey, v))
+                    touched.add(k)
+        conflicts = set(self.conflicts)
+        for k in touched:
+            held = owners.get(k, ())
+            if any(w != held[0][1] for _, w in held):
+                conflicts.add(k)
+            else:
+                conflicts.discard(k)
+        return owners, conflicts, touched
 
 
 # ----------------------------------------------------------------- the ruleset
@@ -95,6 +174,22 @@ class ServiceRules:
     def sets(self) -> list[NftSet]:
         return [s for s in self.steps if isinstance(s, NftSet)]
 
+    @functools.cached_property
+    def chain_set(self) -> frozenset[str]:
+        return frozenset(s.name for s in self.steps if isinstance(s, Chain))
+
+    @functools.cached_property
+    def set_names(self) -> frozenset[str]:
+        return frozenset(s.name for s in self.steps if isinstance(s, NftSet))
+
+    @functools.cached_property
+    def elements(self) -> tuple[Element, ...]:
+        return tuple(s for s in self.steps if isinstance(s, Element))
+
+    @functools.cached_property
+    def element_pairs(self) -> tuple[tuple[ElementKey, Value], ...]:
+        return tuple(((e.container, e.key), e.value) for e in self.elements)
+
 
 def _service_ops(svc: ServiceRules, store: ElementStore, rewrite: bool) -> list[Op]:
     ops: list[Op] = []
@@ -110,6 +205,16 @@ def _service_ops(svc: ServiceRules, store: ElementStore, rewrite: bool) -> list[
     return ops
 
 
+@dataclass
+class _Sync:
+    """One sync transaction and what it leaves behind."""
+
+    ops: list[Op]
+    stale: tuple[str, ...]  # chains flushed, to delete at the next sync
+    stale_owners: dict[str, ServiceKey]
+    index: ElementIndex | None  # the table's elements afterwards (None: built if needed)
+
+
 @dataclass(eq=False)
 class NftRuleset:
     config: ProxyConfig
@@ -117,6 +222,8 @@ class NftRuleset:
     # Chains the last update_payload() left flushed but not deleted (see there).
     stale_left: tuple[str, ...] = ()
     _state: NftState | None = field(default=None, repr=False)
+    _stale_owners: dict[str, ServiceKey] = field(default_factory=dict, repr=False)
+    _index: ElementIndex | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------- full sync
 
@@ -141,6 +248,15 @@ class NftRuleset:
     def dump(self) -> str:
         return self.objects().dump()
 
+    @functools.cached_property
+    def by_key(self) -> dict[ServiceKey, ServiceRules]:
+        return {svc.key: svc for svc in self.services}
+
+    def element_index(self) -> ElementIndex:
+        if self._index is None:
+            self._index = ElementIndex.of(self.services)
+        return self._index
+
     # ------------------------------------------------------------- partial sync
 
     def active_chains(self) -> set[str]:
@@ -154,24 +270,82 @@ class NftRuleset:
         """kube-proxy's sync when the kernel holds `old`: only changed Services' chains
         are rewritten, elements are diffed, stale chains flushed, stale affinity sets
         deleted. A changed ProxyConfig forces a full sync, as a restart would."""
+        return self._sync(old, full_sync).ops
+
+    def _changed(self, old: NftRuleset) -> set[ServiceKey]:
+        before, now = old.by_key, self.by_key
+        changed = {k for k, svc in now.items() if (prev := before.get(k)) is None
+                   or (prev is not svc and prev.ports != svc.ports)}
+        if len(now) - len(changed & now.keys()) != len(before):
+            changed |= before.keys() - now.keys()
+        return changed
+
+    def _sync(self, old: NftRuleset, full_sync: bool = False,
+              changed: set[ServiceKey] | None = None) -> _Sync:
+        """The transaction, touching the changed Services only (all on a full sync).
+
+        `changed`: the Services whose ports differ from old's (computed if None). The
+        names of a Service's chains and sets contain its namespace and name, so what is
+        stale is found Service by Service. Elements: those of changed Services, and any
+        other element with the same key (or whose owners disagree) are ensured in
+        Service order, exactly as a walk over every element would ensure them; the
+        rest are all unchanged, and ensuring them would write nothing."""
         full = full_sync or old.config != self.config
+        before, now = old.by_key, self.by_key
+        if full:
+            changed = before.keys() | now.keys()
+        elif changed is None:
+            changed = self._changed(old)
         # Chains flushed by the previous sync are deleted now: kube-proxy never deletes
         # a chain in the transaction that drops the last map element pointing at it
         # (kernels < 6.2 would still see it as busy); it does so at a later sync. One
         # in use again is kept, as kube-proxy drops it from its stale list.
-        active = self.active_chains()
-        ops = [Op("delete", Chain(c)) for c in old.stale_left if c not in active]
+        ops = [Op("delete", Chain(c)) for c in old.stale_left if not self._uses(c, old)]
         if full:
             ops += setup_ops(self.config, first_sync=False)
-        store = ElementStore(old.objects())
-        before = {svc.key: svc.ports for svc in old.services}
-        for svc in self.services:
-            ops += _service_ops(svc, store, full or before.get(svc.key) != svc.ports)
-        ops += [Op("flush", Chain(c)) for c in self.stale_chains(old)]
-        new_sets = {s.name for svc in self.services for s in svc.sets()}
-        old_sets = {s.name for svc in old.services for s in svc.sets()}
-        ops += [Op("delete", NftSet(name)) for name in sorted(old_sets - new_sets)]
-        return ops + store.cleanup()
+        old_index = old.element_index()
+        store = ElementStore(dict(old_index.values))
+        index: ElementIndex | None = None
+        if full:
+            for svc in self.services:
+                ops += _service_ops(svc, store, rewrite=True)
+            candidates: Iterable[ElementKey] = old_index.values.keys()
+        else:
+            owners, conflicts, touched = old_index.owners_after(before, now, changed)
+            relevant = touched | conflicts
+            visit = {skey for k in relevant for skey, _ in owners.get(k, ())} - changed
+            for svc in self.services:
+                if svc.key in changed:
+                    ops += _service_ops(svc, store, rewrite=True)
+                elif svc.key in visit:
+                    for e in svc.elements:
+                        if (e.container, e.key) in relevant:
+                            ops += store.ensure(e)
+            candidates = {k for skey in changed if (prev := before.get(skey)) is not None
+                          for k, _ in prev.element_pairs}
+            index = ElementIndex(store.held, owners, conflicts)
+        stale_owners: dict[str, ServiceKey] = {}
+        gone_sets: set[str] = set()
+        for skey in changed:
+            if (prev := before.get(skey)) is None:
+                continue
+            svc = now.get(skey)
+            for c in prev.chain_set if svc is None else prev.chain_set - svc.chain_set:
+                stale_owners[c] = skey
+            gone_sets |= prev.set_names if svc is None else prev.set_names - svc.set_names
+        stale = tuple(sorted(stale_owners))
+        ops += [Op("flush", Chain(c)) for c in stale]
+        ops += [Op("delete", NftSet(name)) for name in sorted(gone_sets)]
+        ops += store.cleanup(candidates)  # (also drops them from index.values)
+        return _Sync(ops, stale, stale_owners, index)
+
+    def _uses(self, chain: str, old: NftRuleset) -> bool:
+        """Whether this ruleset uses `chain` (one of old's stale_left)."""
+        owner = old._stale_owners.get(chain)
+        if owner is None:  # (a stale_left not set by update_payload / render_update)
+            return chain in self.active_chains()
+        svc = self.by_key.get(owner)
+        return svc is not None and chain in svc.chain_set
 
     def update_payload(self, old: NftRuleset, full_sync: bool = False) -> str:
         """The partial-sync transaction from `old` to this ruleset.
@@ -180,9 +354,13 @@ class NftRuleset:
         update_payload() called on a ruleset with this one as `old` (this ruleset
         remembers them in `stale_left`), as kube-proxy deletes them at its next sync.
         """
-        ops = self.update_operations(old, full_sync)
-        self.stale_left = self.stale_chains(old)
-        return lines(ops)
+        return self._apply(self._sync(old, full_sync))
+
+    def _apply(self, sync: _Sync) -> str:
+        self.stale_left, self._stale_owners = sync.stale, sync.stale_owners
+        if sync.index is not None:
+            self._index = sync.index
+        return lines(sync.ops)
 
     def cleanup_payload(self, if_exists: bool = False) -> str:
         """kube-proxy --cleanup: delete the table. nft fails when the table is absent
@@ -257,14 +435,42 @@ def context(cfg: ProxyConfig) -> Context:
                    node_ip=node_ip)
 
 
+def _service_rules(key: ServiceKey, ports: tuple[ServicePortEndpoints, ...],
+                   ctx: Context) -> ServiceRules:
+    return ServiceRules(key[0], key[1], ports,
+                        tuple(step for pe in ports for step in PortRules(pe, ctx).steps()))
+
+
 def render(inp: ProxyInput) -> NftRuleset:
     """The nftables ruleset kube-proxy programs on inp.config's node."""
     ctx = context(inp.config)
-    grouped: dict[tuple[str, str], list[ServicePortEndpoints]] = {}
-    for pe in inp.ports:  # build_input's order: namespace, name, then port order
-        grouped.setdefault((pe.info.namespace, pe.info.name), []).append(pe)
-    services = tuple(
-        ServiceRules(ns, name, tuple(ports),
-                     tuple(step for pe in ports for step in PortRules(pe, ctx).steps()))
-        for (ns, name), ports in grouped.items())
-    return NftRuleset(inp.config, services)
+    # build_input's order: namespace, name, then port order
+    return NftRuleset(inp.config, tuple(_service_rules(key, ports, ctx)
+                                        for key, ports in inp.services.items()))
+
+
+def render_update(old: NftRuleset, inp: ProxyInput) -> tuple[NftRuleset, str]:
+    """The ruleset for `inp` and the sync transaction after `old`, in time proportional
+    to what changed: only Services whose ServicePorts differ from those `old` was
+    rendered from are rendered again, and only their elements (and elements sharing a
+    key with them) are diffed. Equal to `(new, new.update_payload(old))` with
+    `new = render(inp)`; `new.stale_left` is set the same way.
+
+    A changed ProxyConfig renders everything and sends a full sync, as a restart would."""
+    if inp.config != old.config:
+        new = render(inp)
+        return new, new.update_payload(old)
+    ctx = context(inp.config)
+    before = old.by_key
+    services = []
+    changed: set[ServiceKey] = set()
+    for key, ports in inp.services.items():
+        prev = before.get(key)
+        if prev is None or (prev.ports is not ports and prev.ports != ports):
+            prev = _service_rules(key, ports, ctx)
+            changed.add(key)
+        services.append(prev)
+    if len(services) - len(changed) != len(before):  # some Service is gone
+        changed |= before.keys() - inp.services.keys()
+    new = NftRuleset(inp.config, tuple(services))
+    return new, new._apply(new._sync(old, changed=changed))

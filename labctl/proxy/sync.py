@@ -1,8 +1,10 @@
 """kube-proxy in each node: render the node's ruleset (pure) and load it (through net/).
 
-One code path for every sync: `sync_node(state, node, previous)` renders the ruleset of
-the lab's proxy mode for that node and loads either the full payload (nothing loaded
-yet) or the partial one kube-proxy would send given the previous ruleset.
+One code path for every sync: `sync_node(state, node, previous)` loads either the full
+payload (nothing loaded yet: previous=None) or, given the previous sync's NodeSync, the
+partial one kube-proxy would send. A partial sync costs what changed, not the cluster:
+build_input reuses the ServicePorts of Services whose objects did not change, and the
+mode's render_update re-renders only the others and diffs only them.
 """
 
 from __future__ import annotations
@@ -21,27 +23,79 @@ RENDERED_MODES = ("iptables", "nftables")
 
 @dataclass
 class NodeSync:
+    """One sync of one node; pass it as `previous` to the node's next sync_node()."""
+
     node: str
     mode: str
     ruleset: Any  # iptables.IptablesRuleset | nftables.NftRuleset
-    render_seconds: float
+    render_seconds: float  # input, render and payload: labctl's Python
     load_seconds: float
     full: bool
+    inp: base.ProxyInput | None = None  # what `ruleset` was rendered from
+    payload: str = ""  # what was loaded
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in RENDERED_MODES:
+        raise CapabilityError(f"proxyMode {mode} is not available yet on this host "
+                              f"(available: {', '.join(RENDERED_MODES)})")
+
+
+def _render(inp: base.ProxyInput, mode: str) -> Any:
+    _check_mode(mode)
+    if mode == "iptables":
+        from labctl.proxy import iptables
+
+        return iptables.render(inp)
+    from labctl.proxy import nftables
+
+    return nftables.render(inp)
 
 
 def render_node(state: ClusterState, node: str, mode: str) -> Any:
     with base.no_gc_pauses():
-        inp = base.input_for_node(state, node)
+        return _render(base.input_for_node(state, node), mode)
+
+
+# The node's last NodeSync, an (input, ruleset) pair, a bare ruleset, or None (nothing).
+Previous = NodeSync | tuple[base.ProxyInput | None, Any] | Any
+
+
+def render_sync(state: ClusterState, node: str, mode: str, previous: Previous = None,
+                ) -> tuple[base.ProxyInput, Any, str]:
+    """The pure half of sync_node: (input, ruleset, payload to load).
+
+    previous: None for a node with nothing loaded (a full first load), else the node's
+    last NodeSync (or an (input, ruleset) pair; input may be None: then nothing is
+    reused from it). A previous sync of another mode counts as nothing loaded."""
+    prev_inp, prev_rs = None, None
+    if isinstance(previous, NodeSync):
+        if previous.mode == mode:
+            prev_inp, prev_rs = previous.inp, previous.ruleset
+    elif isinstance(previous, tuple):
+        prev_inp, prev_rs = previous
+    elif previous is not None:  # a bare ruleset, as sync_node once took
+        prev_rs = previous
+    _check_mode(mode)
+    with base.no_gc_pauses():
+        inp = base.build_input(base.config_for_node(state, node), state.services,
+                               state.endpoint_slices, previous=prev_inp)
         if mode == "iptables":
             from labctl.proxy import iptables
 
-            return iptables.render(inp)
-        if mode == "nftables":
-            from labctl.proxy import nftables
+            if prev_rs is None:
+                rs = iptables.render(inp)
+                return inp, rs, with_jump_rules(rs.payload(), rs.ensure_chains(),
+                                                rs.jump_rules())
+            rs, payload = iptables.render_update(prev_rs, inp)
+            return inp, rs, payload
+        from labctl.proxy import nftables
 
-            return nftables.render(inp)
-    raise CapabilityError(f"proxyMode {mode} is not available yet on this host "
-                          f"(available: {', '.join(RENDERED_MODES)})")
+        if prev_rs is None:
+            rs = nftables.render(inp)
+            return inp, rs, rs.payload()
+        rs, payload = nftables.render_update(prev_rs, inp)
+        return inp, rs, payload
 
 
 def _table_and_rest(argv: list[str]) -> tuple[str, list[str]]:
@@ -116,24 +170,22 @@ def iptables_backend(state: ClusterState) -> str:
     return state.lab.iptables_backend or netfilter.system_iptables_backend()
 
 
-def sync_node(state: ClusterState, node: str, previous: Any | None = None,
+def sync_node(state: ClusterState, node: str, previous: Previous = None,
               mode: str | None = None) -> NodeSync:
+    """Sync one node's rules: a full load when `previous` is None, else the partial sync
+    after `previous` (the NodeSync this returned last time). Returns what the next call
+    needs as its `previous`."""
     mode = mode or state.lab.proxy_mode
     ns = state.node(node).netns
     t = time.perf_counter()
-    rs = render_node(state, node, mode)
-    with base.no_gc_pauses():
-        if mode == "iptables":
-            payload = (rs.partial_payload(previous) if previous is not None else
-                       with_jump_rules(rs.payload(), rs.ensure_chains(), rs.jump_rules()))
-        else:
-            payload = rs.payload() if previous is None else rs.update_payload(previous)
+    inp, rs, payload = render_sync(state, node, mode, previous)
     rendered = time.perf_counter() - t
     if mode == "iptables":
         loaded = netfilter.restore_iptables(ns, payload, iptables_backend(state))
     else:
         loaded = netfilter.load_nft(ns, payload)
-    return NodeSync(node, mode, rs, rendered, loaded.seconds, previous is None)
+    full = previous is None or (isinstance(previous, NodeSync) and previous.mode != mode)
+    return NodeSync(node, mode, rs, rendered, loaded.seconds, full, inp, payload)
 
 
 def cleanup_node(state: ClusterState, node: str, mode: str) -> None:

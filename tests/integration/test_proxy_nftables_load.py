@@ -17,6 +17,9 @@ from collections.abc import Iterator
 import pytest
 
 from labctl.proxy import nftables
+from labctl.proxy.base import build_input
+from tests.unit.test_proxy_incremental import CHANGES, world
+from tests.unit.test_proxy_incremental import CONFIG as INCREMENTAL_CONFIG
 from tests.unit.test_proxy_nftables import CASES, A, B, C, render_case, rendered, web
 
 pytestmark = pytest.mark.root
@@ -112,6 +115,26 @@ def test_partial_syncs_apply_and_stale_chains_go_at_the_next_sync(netns: str) ->
             assert kernel_table(netns) == predicted(new, new.stale_left), payload
     finally:
         clean(netns, steps[-1])
+
+
+def test_incremental_updates_apply_as_predicted(netns: str) -> None:
+    """render_update's transactions, one after the other, for every kind of change of
+    the incremental tests (elements shared by two Services included): each loads, and
+    the kernel then holds the new ruleset's table (plus the chains flushed, not yet
+    deleted)."""
+    w = world()
+    inp = build_input(INCREMENTAL_CONFIG, *w)
+    rs = nftables.render(inp)
+    load(netns, rs.payload())
+    try:
+        for name, change in CHANGES.items():
+            w = change(w)
+            inp = build_input(INCREMENTAL_CONFIG, *w, previous=inp)
+            rs, payload = nftables.render_update(rs, inp)
+            load(netns, payload)
+            assert kernel_table(netns) == predicted(rs, rs.stale_left), name
+    finally:
+        clean(netns, rs)
 
 
 def test_cleanup_if_exists_succeeds_without_a_table(netns: str) -> None:
