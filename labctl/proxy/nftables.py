@@ -104,9 +104,12 @@ class ElementIndex:
         values: dict[ElementKey, Value] = {}
         owners: dict[ElementKey, Owners] = {}
         conflicts: set[ElementKey] = set()
-        for svc in services:
-            skey = svc.key
-            for k, v in svc.element_pairs:
+        for svc in services:  # (the hot loop of a first update: kept plain)
+            skey = (svc.namespace, svc.name)
+            for step in svc.steps:
+                if type(step) is not Element:
+                    continue
+                k, v = (step.container, step.key), step.value
                 values[k] = v
                 held = owners.get(k)
                 if held is None:
