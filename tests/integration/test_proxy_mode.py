@@ -47,7 +47,9 @@ spec:
 def test_switch_between_iptables_and_nftables(tmp_path: Path) -> None:
     labctl("up", str(write_lab(tmp_path, LAB, MANIFEST)), "-q")
     try:
-        svc = json.loads(labctl("get", "svc", "-o", "json", "--lab", LAB).stdout)["items"][0]
+        svc = next(s for s in json.loads(labctl("get", "svc", "-o", "json", "--lab",
+                                                LAB).stdout)["items"]
+                   if s["metadata"]["name"] == "web")
         vip = svc["spec"]["clusterIP"]
         client = f"lc.{LAB}.pod.default.client"
         assert http_get(client, vip, 80).pod.startswith("web-")
