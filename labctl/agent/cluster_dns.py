@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Any
 
 from labctl.agent.workloads import Container, Pod
 from labctl.dns.server import DnsServer
@@ -40,6 +41,10 @@ class ClusterDns:
         state = state_of(lab)
         self.server = DnsServer(Zone.from_state(state), upstreams=host_upstreams())
         self.sockets = 0
+
+    def update(self, state: Any) -> None:
+        """Answer from the cluster as it is now (visible to the next query)."""
+        self.server.update(Zone.from_state(state))
 
     def serve(self, pod: Pod, container: Container) -> None:
         """Open the container's port-53 sockets in its pod and serve them."""

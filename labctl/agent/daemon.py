@@ -124,6 +124,7 @@ class Agent:
         self.pidfile_fd: int | None = None
         self.control: asyncio.Server | None = None
         self.cluster_dns: Any = None  # agent.cluster_dns.ClusterDns, once a DNS pod exists
+        self._live: Any = None  # agent.live.LiveCluster, made on the first change
 
     # entry
 
@@ -254,6 +255,21 @@ class Agent:
                     lambda i=ident, lg=clog: echo.UdpEcho(i, lg), sock=sock)
             clog(f"built-in echo server listening on 0.0.0.0:{port}")
 
+    @property
+    def live(self) -> Any:
+        """The lab's ClusterState and resync machinery (compiled on first use, so a
+        lab's start-up does not pay for it)."""
+        if self._live is None:
+            from labctl.agent.live import LiveCluster
+
+            self._live = LiveCluster(self.workloads.lab, self.state_dir,
+                                     on_change=self._cluster_changed)
+        return self._live
+
+    def _cluster_changed(self, state: Any) -> None:
+        if self.cluster_dns is not None:
+            self.cluster_dns.update(state)
+
     def serve_cluster_dns(self, pod: Pod, container: Container) -> None:
         from labctl.agent.cluster_dns import ClusterDns
 
@@ -313,12 +329,17 @@ class Agent:
             return self.status()
         if op == "pods":
             return {"ok": True, "pods": self.pod_states()}
-        return {"ok": False, "error": f"unknown op {op!r} (known: status, pods)"}
+        if op == "set-ready":
+            return self.live.set_ready(str(req.get("pod")), bool(req.get("ready")),
+                                       str(req.get("reason") or "set by labctl"))
+        return {"ok": False, "error": f"unknown op {op!r} (known: status, pods, set-ready)"}
 
     def pod_states(self) -> dict[str, list[dict[str, Any]]]:
         """Per pod key, each container's state and restart count (for `labctl get pods`)."""
         sups = {s.spec.name: s for s in self.supervisors}
         served = {(lst.pod.key, lst.container.name) for lst in self.listeners}
+        not_ready = ({k for k, r in self._live.ready.items() if not r}
+                     if self._live is not None else set())
         out: dict[str, list[dict[str, Any]]] = {}
         for pod in self.workloads.pods:
             states = []
@@ -332,6 +353,8 @@ class Agent:
                           or (c.builtin == "dns" and self.cluster_dns is not None))
                     states.append({"name": c.name, "state": "Running" if ok else "Waiting",
                                    "restarts": 0})
+            for st in states:
+                st["ready"] = st["state"] == "Running" and pod.key not in not_ready
             out[pod.key] = states
         return out
 

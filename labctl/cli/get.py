@@ -18,7 +18,7 @@ def pod_columns(states: list[dict[str, Any]] | None, containers: int) -> tuple[s
     """READY, STATUS, RESTARTS as kubectl shows them, from the agent's container states."""
     if states is None:
         return f"0/{containers}", "Unknown", 0
-    running = sum(1 for c in states if c["state"] == "Running")
+    running = sum(1 for c in states if c.get("ready", c["state"] == "Running"))
     waiting = [c["state"] for c in states if c["state"] != "Running"]
     return (f"{running}/{containers}", waiting[0] if waiting else "Running",
             sum(c["restarts"] for c in states))

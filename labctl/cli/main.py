@@ -218,8 +218,15 @@ def get(resource: str, fmt: str | None, namespace: str, all_namespaces: bool,
 
     lab = lifecycle.pick_lab(lab_name)
     rec = store.load(lab)
-    states = pod_states(store.state_dir(lab)) if KINDS[resource] == "pods" else None
-    click.echo(show(store.state_of(lab), resource, fmt, None if all_namespaces else namespace,
+    state = store.state_of(lab)
+    states = (pod_states(store.state_dir(lab))
+              if KINDS[resource] in ("pods", "endpoints", "endpointslices") else None)
+    if states:  # the agent knows which pods are ready: endpoints follow it
+        from labctl.cluster.compile import with_readiness
+
+        ready = {key: all(c.get("ready", True) for c in cs) for key, cs in states.items()}
+        state = with_readiness(state, ready)
+    click.echo(show(state, resource, fmt, None if all_namespaces else namespace,
                     rec.created if rec else 0.0, states))
 
 
@@ -295,8 +302,12 @@ def logs(pod: str, container: str | None, namespace: str, follow: bool,
 
 
 from labctl.cli.env import env  # noqa: E402 - after cli exists
+from labctl.cli.live import break_, events, heal  # noqa: E402
 from labctl.cli.proxy import proxy, proxy_mode, rules  # noqa: E402
 
+cli.add_command(break_)
+cli.add_command(heal)
+cli.add_command(events)
 cli.add_command(env)
 cli.add_command(rules)
 cli.add_command(proxy)

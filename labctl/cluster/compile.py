@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from labctl import names
 from labctl.cluster import endpointslices, ipam, services
@@ -92,3 +93,15 @@ def compile_files(paths: Sequence[str], lab_name: str | None = None, addons: boo
 
     topology, warnings = load_topology(paths, lab_name)
     return compile_state(with_addons(topology) if addons else topology), warnings
+
+
+def with_readiness(state: ClusterState, ready: Mapping[str, bool]) -> ClusterState:
+    """The same cluster with pods' readiness applied to the controller's EndpointSlices
+    (`ready`: pod key → ready; pods not named are ready). Slices the user wrote stay."""
+    slices = []
+    for svc in state.services:
+        slices.extend(endpointslices.derive(svc, state.pods, ready=ready, nodes=state.nodes))
+    slices.extend(s for s in state.endpoint_slices
+                  if s.meta.labels.get("endpointslice.kubernetes.io/managed-by")
+                  != endpointslices.MANAGED_BY)
+    return replace(state, endpoint_slices=tuple(slices))

@@ -252,3 +252,20 @@ def test_resolv_conf_is_the_kubelets(lab: DnsLab) -> None:
     assert "search other.svc.cluster.local svc.cluster.local cluster.local" in text
     assert "options ndots:5" in text
     assert Path("/etc/netns", f"lc.{LAB}.pod.other.client", "resolv.conf").exists()
+
+
+def test_queries_are_answered_while_one_dns_replica_is_down(lab: DnsLab) -> None:
+    replicas = sorted(n for (ns, n) in lab.pods if ns == "kube-system")
+    down, up = replicas
+    labctl("break", "pod", down, "-n", "kube-system", "--readiness", "--lab", LAB)
+    try:
+        node = lab.pods[("default", "client")]["spec"]["nodeName"]
+        netns_exec(f"lc.{LAB}.node.{node}", ["conntrack", "-D", "-p", "udp", "--dport", "53"])
+        for _ in range(20):  # each dig is a new conntrack entry: a fresh choice of backend
+            assert dig("default", "web.default.svc.cluster.local") == [lab.vip("default", "web")]
+        out = netns_exec(f"lc.{LAB}.node.{node}",
+                         ["conntrack", "-L", "-p", "udp", "-d", "10.96.0.10"]).stdout
+        assert f"src={lab.ip('kube-system', down)} " not in out
+        assert f"src={lab.ip('kube-system', up)} " in out
+    finally:
+        labctl("heal", "pod", down, "-n", "kube-system", "--lab", LAB)
