@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 LABCTL  := $(VENV)/bin/labctl
 PYTEST  := $(PY) -m pytest
 
-.PHONY: setup demo test test-unit test-integration bench bench-up bench-sync lint clean
+.PHONY: setup demo test test-unit test-integration bench bench-up bench-sync bench-dns lint clean
 
 STAMP   := $(VENV)/.installed
 
@@ -31,7 +31,7 @@ test-integration: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check labctl tests bench
 
-bench: bench-up bench-sync
+bench: bench-up bench-sync bench-dns
 
 bench-up: $(STAMP)
 	BENCH=1 bash scripts/install-deps.sh
@@ -43,3 +43,7 @@ clean: $(STAMP)
 bench-sync: $(STAMP)
 	BENCH=1 bash scripts/install-deps.sh
 	$(PY) bench/bench_sync.py
+
+bench-dns: $(STAMP)
+	BENCH=1 bash scripts/install-deps.sh
+	$(PY) bench/bench_dns.py

@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 
 pkgs=(iproute2 iptables nftables conntrack ipset tcpdump iputils-ping curl netcat-openbsd
       procps kmod dnsutils python3-venv)
-[ "${BENCH:-0}" = 1 ] && pkgs+=(mininet bridge-utils)
+[ "${BENCH:-0}" = 1 ] && pkgs+=(mininet bridge-utils dnsperf dnsmasq-base)
 
 if [ "${SKIP_APT:-0}" != 1 ]; then
   missing=()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import Any
 
 from labctl.agent.workloads import Container, Pod
@@ -39,12 +40,13 @@ class ClusterDns:
         from labctl.lab.store import state_of
 
         state = state_of(lab)
-        self.server = DnsServer(Zone.from_state(state), upstreams=host_upstreams())
+        self.server = DnsServer(Zone.from_state(state, serial=int(time.time())),
+                                upstreams=host_upstreams())
         self.sockets = 0
 
     def update(self, state: Any) -> None:
         """Answer from the cluster as it is now (visible to the next query)."""
-        self.server.update(Zone.from_state(state))
+        self.server.update(Zone.from_state(state, serial=int(time.time())))
 
     def serve(self, pod: Pod, container: Container) -> None:
         """Open the container's port-53 sockets in its pod and serve them."""

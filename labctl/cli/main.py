@@ -301,13 +301,15 @@ def logs(pod: str, container: str | None, namespace: str, follow: bool,
         pass
 
 
-from labctl.cli.env import env  # noqa: E402 - after cli exists
+from labctl.cli.dns import dns  # noqa: E402 - after cli exists
+from labctl.cli.env import env  # noqa: E402
 from labctl.cli.live import break_, events, heal  # noqa: E402
 from labctl.cli.proxy import proxy, proxy_mode, rules  # noqa: E402
 
 cli.add_command(break_)
 cli.add_command(heal)
 cli.add_command(events)
+cli.add_command(dns)
 cli.add_command(env)
 cli.add_command(rules)
 cli.add_command(proxy)
