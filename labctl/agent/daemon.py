@@ -266,6 +266,18 @@ class Agent:
                                      on_change=self._cluster_changed)
         return self._live
 
+    def reload(self) -> dict[str, Any]:
+        """The lab was changed behind the agent (e.g. `labctl proxy-mode`, which loaded
+        every node's rules afresh): start again from the lab's files, keeping which pods
+        are not ready, and put that readiness back into the rules and DNS."""
+        ready = dict(self._live.ready) if self._live is not None else {}
+        self._live = None
+        synced: dict[str, float] = {}
+        if any(not r for r in ready.values()):
+            self.live.ready = ready
+            synced = self.live.resync()
+        return {"ok": True, "synced": synced}
+
     def _cluster_changed(self, state: Any) -> None:
         if self.cluster_dns is not None:
             self.cluster_dns.update(state)
@@ -329,6 +341,8 @@ class Agent:
             return self.status()
         if op == "pods":
             return {"ok": True, "pods": self.pod_states()}
+        if op == "reload":
+            return self.reload()
         if op == "set-ready":
             return self.live.set_ready(str(req.get("pod")), bool(req.get("ready")),
                                        str(req.get("reason") or "set by labctl"))

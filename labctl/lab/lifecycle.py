@@ -172,7 +172,8 @@ def pick_lab(lab: str | None) -> str:
 
 def set_proxy_mode(lab: str, mode: str) -> tuple[str, dict[str, float]]:
     """Switch a running lab's kube-proxy mode: remove the old mode's rules from every
-    node, load the new mode's, and remember the choice. Returns (old mode, timings)."""
+    node, load the new mode's, remember the choice, and have the agent put pods'
+    readiness back. Returns (old mode, timings)."""
     from dataclasses import replace
 
     with store.locked(lab):
@@ -193,4 +194,7 @@ def set_proxy_mode(lab: str, mode: str) -> tuple[str, dict[str, float]]:
             times[node.name] = time.perf_counter() - t
         rec.proxy_mode = mode
         store.save(rec)
+        if control.agent_pid(store.state_dir(lab)) is not None:
+            # the agent syncs incrementally from what it last loaded: start it afresh
+            control.request(store.state_dir(lab), {"op": "reload"}, timeout=30.0)
         return old, times

@@ -72,3 +72,24 @@ def test_switch_between_iptables_and_nftables(tmp_path: Path) -> None:
         assert http_get(client, vip, 80).pod.startswith("web-")
     finally:
         labctl("down", LAB)
+
+
+def test_switching_modes_keeps_a_not_ready_pod_out(tmp_path: Path) -> None:
+    lab = "it-switch2"
+    labctl("up", str(write_lab(tmp_path, lab, MANIFEST.replace(LAB, lab))), "-q")
+    try:
+        pods = json.loads(labctl("get", "pods", "-o", "json", "--lab", lab).stdout)["items"]
+        web = sorted(p["metadata"]["name"] for p in pods if p["metadata"]["name"] != "client")
+        svc = next(s for s in json.loads(labctl("get", "svc", "-o", "json", "--lab",
+                                                lab).stdout)["items"]
+                   if s["metadata"]["name"] == "web")
+        labctl("break", "pod", web[0], "--readiness", "--lab", lab)
+        labctl("proxy-mode", "nftables", "--lab", lab)
+        client = f"lc.{lab}.pod.default.client"
+        seen = {http_get(client, svc["spec"]["clusterIP"], 80).pod for _ in range(20)}
+        assert seen == {web[1]}
+        labctl("heal", "pod", web[0], "--lab", lab)  # an incremental sync in the new mode
+        seen = {http_get(client, svc["spec"]["clusterIP"], 80).pod for _ in range(30)}
+        assert seen == set(web)
+    finally:
+        labctl("down", lab)
