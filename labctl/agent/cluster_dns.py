@@ -35,40 +35,51 @@ def host_upstreams(path: str = "/etc/resolv.conf") -> list[str]:
     return [f"{ns}:53" for ns in nameservers if ":" not in ns]
 
 
+def open_dns_sockets(pod: Pod, container: Container) -> list[socket.socket]:
+    """The container's port-53 sockets, opened inside its pod and bound (TCP listening),
+    so queries queue in the kernel even before the responder reads them."""
+    out = []
+    for port in container.ports:
+        if port.port != DNS_PORT or port.protocol not in ("UDP", "TCP"):
+            continue
+        kind = socket.SOCK_DGRAM if port.protocol == "UDP" else socket.SOCK_STREAM
+        with netns.entered(pod.netns):
+            sock = socket.socket(socket.AF_INET, kind)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("0.0.0.0", DNS_PORT))
+            if kind == socket.SOCK_STREAM:
+                sock.listen(128)
+        except OSError:
+            sock.close()
+            for other in out:
+                other.close()
+            raise
+        out.append(sock)
+        log.info("cluster DNS socket %s:%d/%s (pod %s)", pod.ip, DNS_PORT, port.protocol,
+                 pod.key)
+    return out
+
+
 class ClusterDns:
-    def __init__(self, lab: str) -> None:
+    """One responder for every replica; built after the agent reported ready (the
+    replicas' sockets are already open, so no query is lost meanwhile)."""
+
+    def __init__(self, lab: str, sockets: list[socket.socket]) -> None:
         from labctl.lab.store import state_of
 
         state = state_of(lab)
         self.server = DnsServer(Zone.from_state(state, serial=int(time.time())),
                                 upstreams=host_upstreams())
-        self.sockets = 0
+        for sock in sockets:
+            if sock.type == socket.SOCK_DGRAM:
+                self.server.serve_udp(sock)
+            else:
+                self.server.serve_tcp(sock)
 
     def update(self, state: Any) -> None:
         """Answer from the cluster as it is now (visible to the next query)."""
         self.server.update(Zone.from_state(state, serial=int(time.time())))
-
-    def serve(self, pod: Pod, container: Container) -> None:
-        """Open the container's port-53 sockets in its pod and serve them."""
-        for port in container.ports:
-            if port.port != DNS_PORT or port.protocol not in ("UDP", "TCP"):
-                continue
-            kind = socket.SOCK_DGRAM if port.protocol == "UDP" else socket.SOCK_STREAM
-            with netns.entered(pod.netns):
-                sock = socket.socket(socket.AF_INET, kind)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(("0.0.0.0", DNS_PORT))
-            except OSError:
-                sock.close()
-                raise
-            if kind == socket.SOCK_DGRAM:
-                self.server.serve_udp(sock)
-            else:
-                self.server.serve_tcp(sock)
-            self.sockets += 1
-            log.info("cluster DNS on %s:%d/%s (pod %s)", pod.ip, DNS_PORT, port.protocol,
-                     pod.key)
 
     def stop(self) -> None:
         self.server.stop()

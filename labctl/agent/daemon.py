@@ -125,6 +125,8 @@ class Agent:
         self.control: asyncio.Server | None = None
         self.cluster_dns: Any = None  # agent.cluster_dns.ClusterDns, once a DNS pod exists
         self._live: Any = None  # agent.live.LiveCluster, made on the first change
+        self.dns_sockets: list[socket.socket] = []  # opened at start-up, served after
+        self.dns_pods: set[str] = set()
 
     # entry
 
@@ -153,6 +155,7 @@ class Agent:
         log.info("ready: %d pods, %d listeners, %d processes", len(self.workloads.pods),
                  len(self.listeners), len(self.supervisors))
         self.report("ready", str(os.getpid()))
+        self.start_cluster_dns()  # queries wait in the sockets' queues until it answers
         await self.stop_requested.wait()
         log.info("stopping")
         await self.teardown()
@@ -188,7 +191,7 @@ class Agent:
         plan = self.plan()
         for pod, container, _program in plan:
             if container.builtin == "dns":
-                self.serve_cluster_dns(pod, container)
+                self.open_cluster_dns(pod, container)
         for pod, container, program in plan:
             if program is None and not container.builtin:
                 await self.serve_builtin(pod, container)
@@ -282,16 +285,29 @@ class Agent:
         if self.cluster_dns is not None:
             self.cluster_dns.update(state)
 
-    def serve_cluster_dns(self, pod: Pod, container: Container) -> None:
-        from labctl.agent.cluster_dns import ClusterDns
+    def open_cluster_dns(self, pod: Pod, container: Container) -> None:
+        from labctl.agent.cluster_dns import open_dns_sockets
 
-        if self.cluster_dns is None:
-            self.cluster_dns = ClusterDns(self.workloads.lab)
         try:
-            self.cluster_dns.serve(pod, container)
+            self.dns_sockets += open_dns_sockets(pod, container)
         except OSError as e:
             raise LabctlError(f"pod {pod.key}: cannot serve cluster DNS in {pod.netns}: "
                               f"{e.strerror or e}") from e
+        self.dns_pods.add(pod.key)
+
+    def start_cluster_dns(self) -> None:
+        """Build the zone and start answering on the sockets opened during start-up."""
+        if not self.dns_sockets:
+            return
+        from labctl.agent.cluster_dns import ClusterDns
+
+        try:
+            self.cluster_dns = ClusterDns(self.workloads.lab, self.dns_sockets)
+        except Exception:  # noqa: BLE001 - reported after start-up, the agent lives on
+            log.exception("cluster DNS failed to start")
+            for sock in self.dns_sockets:
+                sock.close()
+        self.dns_sockets = []
 
     async def start_process(self, pod: Pod, container: Container, program: str) -> None:
         ip_cmd = shutil.which("ip") or "/usr/sbin/ip"
@@ -364,7 +380,7 @@ class Agent:
                                    "restarts": sup.restarts})
                 else:  # the built-in server: running once its sockets are open
                     ok = (not c.ports or (pod.key, c.name) in served
-                          or (c.builtin == "dns" and self.cluster_dns is not None))
+                          or (c.builtin == "dns" and pod.key in self.dns_pods))
                     states.append({"name": c.name, "state": "Running" if ok else "Waiting",
                                    "restarts": 0})
             for st in states:
@@ -392,6 +408,8 @@ class Agent:
             lst.close()
         if self.cluster_dns is not None:
             self.cluster_dns.stop()
+        for sock in self.dns_sockets:
+            sock.close()
         for conn in list(self.connections):
             conn.shutdown()
         if self.supervisors:

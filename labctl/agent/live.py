@@ -63,15 +63,13 @@ class LiveCluster:
         t = time.perf_counter()
         new = with_readiness(self.base, self.ready)
         synced: dict[str, float] = {}
-        for node in new.nodes:
-            previous = self.syncs.get(node.name)
-            if previous is None:
-                continue
-            started = time.perf_counter()
-            self.syncs[node.name] = sync.sync_node(new, node.name, previous)
-            synced[node.name] = round((time.perf_counter() - started) * 1000, 1)
-            self.event("Normal", "RulesSynced", f"node/{node.name}",
-                       f"{new.lab.proxy_mode} rules synced in {synced[node.name]} ms")
+        if self.syncs:  # every node at once, each from what it loaded last
+            self.syncs = sync.sync_nodes(new, dict(self.syncs))
+            for name, done in self.syncs.items():
+                synced[name] = round((done.render_seconds + done.load_seconds) * 1000, 1)
+                self.event("Normal", "RulesSynced", f"node/{name}",
+                           f"{new.lab.proxy_mode} rules synced in {synced[name]} ms "
+                           f"({done.payload.count(chr(10))} lines)")
         self.state = new
         if self.on_change is not None:
             self.on_change(new)

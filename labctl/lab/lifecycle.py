@@ -69,8 +69,7 @@ def up(paths: Sequence[str], progress: Progress | None = None) -> UpResult:
             apply_plan(plan, progress)
             timings["kernel"] = time.perf_counter() - t
             t = time.perf_counter()
-            for node in state.nodes:
-                sync.sync_node(state, node.name)
+            sync.sync_nodes(state)
             etcnetns.write(state)  # resolv.conf and hosts, before any process starts
             timings["rules"] = time.perf_counter() - t
             t = time.perf_counter()

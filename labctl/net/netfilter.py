@@ -60,6 +60,28 @@ def run_in(ns: str, argv: Sequence[str], stdin: str | None = None,
 RESTORE_FLAGS = ("--noflush", "--counters", "-w")  # kube-proxy's, plus waiting for the lock
 
 
+def load_many(loads: Sequence[tuple[str, Sequence[str], str]]) -> list[Loaded]:
+    """Run several loads at once, each (namespace, argv, input) in its own namespace:
+    the nodes' tools run in parallel, as each node's kube-proxy would."""
+    started = []
+    for ns, argv, payload in loads:
+        with netns.entered(ns):
+            proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append((ns, argv, payload, proc, time.perf_counter()))
+    out = []
+    failure = None
+    for ns, argv, payload, proc, t in started:
+        _stdout, stderr = proc.communicate(payload)
+        out.append(Loaded(argv[0], time.perf_counter() - t))
+        if proc.returncode != 0 and failure is None:
+            failure = NetfilterError(f"{argv[0]} in {ns} failed (exit {proc.returncode}): "
+                                     f"{stderr.strip()[:2000]}")
+    if failure:
+        raise failure
+    return out
+
+
 def restore_iptables(ns: str, payload: str, backend: str) -> Loaded:
     tool = iptables_binary(backend, "iptables-restore")
     t = time.perf_counter()

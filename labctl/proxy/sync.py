@@ -188,6 +188,32 @@ def sync_node(state: ClusterState, node: str, previous: Previous = None,
     return NodeSync(node, mode, rs, rendered, loaded.seconds, full, inp, payload)
 
 
+def sync_nodes(state: ClusterState, previous: dict[str, Previous] | None = None,
+               mode: str | None = None) -> dict[str, NodeSync]:
+    """Sync every node: render each (pure), then load them all at once. `previous` maps
+    node → its last NodeSync (missing: a full first load)."""
+    mode = mode or state.lab.proxy_mode
+    previous = previous or {}
+    rendered = []
+    for node in state.nodes:
+        t = time.perf_counter()
+        prev = previous.get(node.name)
+        inp, rs, payload = render_sync(state, node.name, mode, prev)
+        rendered.append((node, prev, inp, rs, payload, time.perf_counter() - t))
+    if mode == "iptables":
+        argv = [netfilter.iptables_binary(iptables_backend(state), "iptables-restore"),
+                *netfilter.RESTORE_FLAGS]
+    else:
+        argv = ["nft", "-f", "-"]
+    loaded = netfilter.load_many([(node.netns, argv, payload)
+                                  for node, _p, _i, _r, payload, _t in rendered])
+    out = {}
+    for (node, prev, inp, rs, payload, secs), done in zip(rendered, loaded, strict=True):
+        full = prev is None or (isinstance(prev, NodeSync) and prev.mode != mode)
+        out[node.name] = NodeSync(node.name, mode, rs, secs, done.seconds, full, inp, payload)
+    return out
+
+
 def cleanup_node(state: ClusterState, node: str, mode: str) -> None:
     """Remove everything `mode` installed in a node (kube-proxy --cleanup)."""
     ns = state.node(node).netns
