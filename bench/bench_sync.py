@@ -6,7 +6,7 @@ machine, it measures a full sync from empty state in
   * iptables mode with iptables-nft-restore, and with iptables-legacy-restore,
 split into render time (labctl's Python) and load time (the tool in the kernel), each
 time in a fresh throw-away namespace. Then, at the largest size, one endpoint changes
-and it measures the partial sync kube-proxy would do, the way labctl's sync_node does
+and it measures the partial sync kube-proxy would do, the way labctl's sync_nodes does
 it (build_input reusing the previous input, the mode's render_update re-rendering only
 the changed Service): labctl's whole update (Python + load) against the bare tool
 loading that same minimal transaction (target: <= 2x).

@@ -189,8 +189,9 @@ def set_proxy_mode(lab: str, mode: str) -> tuple[str, dict[str, float]]:
         for node in state.nodes:
             t = time.perf_counter()
             sync.cleanup_node(state, node.name, old)
-            sync.sync_node(new_state, node.name)
             times[node.name] = time.perf_counter() - t
+        for name, done in sync.sync_nodes(new_state).items():
+            times[name] += done.render_seconds + done.load_seconds
         rec.proxy_mode = mode
         store.save(rec)
         if control.agent_pid(store.state_dir(lab)) is not None:

@@ -1,6 +1,6 @@
 """kube-proxy in each node: render the node's ruleset (pure) and load it (through net/).
 
-One code path for every sync: `sync_node(state, node, previous)` loads either the full
+One code path for every sync: `sync_nodes(state, previous)` loads either the full
 payload (nothing loaded yet: previous=None) or, given the previous sync's NodeSync, the
 partial one kube-proxy would send. A partial sync costs what changed, not the cluster:
 build_input reuses the ServicePorts of Services whose objects did not change, and the
@@ -23,7 +23,7 @@ RENDERED_MODES = ("iptables", "nftables")
 
 @dataclass
 class NodeSync:
-    """One sync of one node; pass it as `previous` to the node's next sync_node()."""
+    """One sync of one node; pass it back in `previous` to the node's next sync."""
 
     node: str
     mode: str
@@ -63,7 +63,7 @@ Previous = NodeSync | tuple[base.ProxyInput | None, Any] | Any
 
 def render_sync(state: ClusterState, node: str, mode: str, previous: Previous = None,
                 ) -> tuple[base.ProxyInput, Any, str]:
-    """The pure half of sync_node: (input, ruleset, payload to load).
+    """The pure half of a node's sync: (input, ruleset, payload to load).
 
     previous: None for a node with nothing loaded (a full first load), else the node's
     last NodeSync (or an (input, ruleset) pair; input may be None: then nothing is
@@ -74,7 +74,7 @@ def render_sync(state: ClusterState, node: str, mode: str, previous: Previous = 
             prev_inp, prev_rs = previous.inp, previous.ruleset
     elif isinstance(previous, tuple):
         prev_inp, prev_rs = previous
-    elif previous is not None:  # a bare ruleset, as sync_node once took
+    elif previous is not None:  # a bare ruleset
         prev_rs = previous
     _check_mode(mode)
     with base.no_gc_pauses():
@@ -170,32 +170,17 @@ def iptables_backend(state: ClusterState) -> str:
     return state.lab.iptables_backend or netfilter.system_iptables_backend()
 
 
-def sync_node(state: ClusterState, node: str, previous: Previous = None,
-              mode: str | None = None) -> NodeSync:
-    """Sync one node's rules: a full load when `previous` is None, else the partial sync
-    after `previous` (the NodeSync this returned last time). Returns what the next call
-    needs as its `previous`."""
-    mode = mode or state.lab.proxy_mode
-    ns = state.node(node).netns
-    t = time.perf_counter()
-    inp, rs, payload = render_sync(state, node, mode, previous)
-    rendered = time.perf_counter() - t
-    if mode == "iptables":
-        loaded = netfilter.restore_iptables(ns, payload, iptables_backend(state))
-    else:
-        loaded = netfilter.load_nft(ns, payload)
-    full = previous is None or (isinstance(previous, NodeSync) and previous.mode != mode)
-    return NodeSync(node, mode, rs, rendered, loaded.seconds, full, inp, payload)
-
-
 def sync_nodes(state: ClusterState, previous: dict[str, Previous] | None = None,
-               mode: str | None = None) -> dict[str, NodeSync]:
-    """Sync every node: render each (pure), then load them all at once. `previous` maps
-    node → its last NodeSync (missing: a full first load)."""
+               mode: str | None = None, only: set[str] | None = None) -> dict[str, NodeSync]:
+    """Sync the nodes' rules (every node, or those in `only`): render each (pure), then
+    load them all at once. `previous` maps node → what this returned for it last time
+    (missing: a full first load); pass the result back as the next `previous`."""
     mode = mode or state.lab.proxy_mode
     previous = previous or {}
     rendered = []
     for node in state.nodes:
+        if only is not None and node.name not in only:
+            continue
         t = time.perf_counter()
         prev = previous.get(node.name)
         inp, rs, payload = render_sync(state, node.name, mode, prev)
