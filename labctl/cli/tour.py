@@ -30,14 +30,16 @@ def tour(state: ClusterState) -> None:
     click.echo("routed across nodes by the kernel:")
     _curl(client, f"http://{server.ip}:{port}/tour")
     svc = next((s for s in state.services if s.cluster_ip and s.cluster_ip != "None"
+                and s.service.selector and s.namespace == client.namespace
                 and s.ports and s.ports[0].protocol == "TCP"), None)
     if svc is not None:
+        port = svc.ports[0].port
         click.echo("")
-        click.echo(f"The same client to Service {svc.name}'s ClusterIP: kube-proxy's "
-                   f"{state.lab.proxy_mode} rules in {client.node} pick a backend pod and DNAT")
-        click.echo(f"to it (see them: labctl rules {client.node} --service "
-                   f"{svc.namespace}/{svc.name}):")
-        _curl(client, f"http://{svc.cluster_ip}:{svc.ports[0].port}/tour")
+        click.echo(f"The same client to Service {svc.name} by name: cluster DNS answers "
+                   f"{svc.cluster_ip}, then kube-proxy's")
+        click.echo(f"{state.lab.proxy_mode} rules in {client.node} pick a backend pod and "
+                   f"DNAT to it (labctl rules {client.node} --service {svc.key}):")
+        _curl(client, f"http://{svc.name}{'' if port == 80 else f':{port}'}/tour")
     click.echo("")
 
 
