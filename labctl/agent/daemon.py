@@ -359,6 +359,10 @@ class Agent:
             return {"ok": True, "pods": self.pod_states()}
         if op == "reload":
             return self.reload()
+        if op == "prepare-apply":  # fix what is loaded now, before the manifests change
+            return {"ok": True, "pods": len(self.live.state.pods)}
+        if op == "apply":
+            return self.live.rebase()
         if op == "set-ready":
             return self.live.set_ready(str(req.get("pod")), bool(req.get("ready")),
                                        str(req.get("reason") or "set by labctl"))

@@ -58,6 +58,22 @@ class LiveCluster:
                    f"pod/{key}", reason)
         return {"ok": True, "changed": True, "synced": self.resync()}
 
+    def rebase(self) -> dict[str, Any]:
+        """The lab's manifests changed (`labctl apply`): compile them again, keep which
+        pods are not ready, and resync rules and DNS from what each node loaded last."""
+        from labctl.lab.store import state_of
+
+        old, self.base = self.base, state_of(self.lab)
+        keys = {p.key for p in self.base.pods}
+        self.ready = {k: v for k, v in self.ready.items() if k in keys}
+        before = {s.key for s in old.services}
+        after = {s.key for s in self.base.services}
+        for key in sorted(after - before):
+            self.event("Normal", "ServiceCreated", f"service/{key}", "created by labctl apply")
+        for key in sorted(before - after):
+            self.event("Normal", "ServiceDeleted", f"service/{key}", "deleted by labctl apply")
+        return {"ok": True, "synced": self.resync()}
+
     def resync(self) -> dict[str, float]:
         """Derive the slices again; sync every node's rules; swap the DNS zone."""
         t = time.perf_counter()

@@ -256,7 +256,8 @@ def exec_(target: str, command: tuple[str, ...], container: str | None, namespac
     from labctl.lab import lifecycle, store
 
     lab = lifecycle.pick_lab(lab_name)
-    netns_name, env = resolve(store.state_of(lab), target, namespace, container)
+    netns_name, env = resolve(store.state_of(lab), target, namespace, container,
+                              store.state_dir(lab))
     argv = ["ip", "netns", "exec", netns_name, *command]
     if env is None:
         os.execvp("ip", argv)
@@ -301,11 +302,13 @@ def logs(pod: str, container: str | None, namespace: str, follow: bool,
         pass
 
 
-from labctl.cli.dns import dns  # noqa: E402 - after cli exists
+from labctl.cli.apply import apply  # noqa: E402 - after cli exists
+from labctl.cli.dns import dns  # noqa: E402
 from labctl.cli.env import env  # noqa: E402
 from labctl.cli.live import break_, events, heal  # noqa: E402
 from labctl.cli.proxy import proxy, proxy_mode, rules  # noqa: E402
 
+cli.add_command(apply)
 cli.add_command(break_)
 cli.add_command(heal)
 cli.add_command(events)

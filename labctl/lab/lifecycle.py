@@ -198,3 +198,74 @@ def set_proxy_mode(lab: str, mode: str) -> tuple[str, dict[str, float]]:
             # the agent syncs incrementally from what it last loaded: start it afresh
             control.request(store.state_dir(lab), {"op": "reload"}, timeout=30.0)
         return old, times
+
+
+@dataclass
+class ApplyResult:
+    lab: str
+    changes: list[tuple[str, str]]  # (kind/name, created | configured | deleted)
+    synced: dict[str, float] = field(default_factory=dict)
+
+
+def _pod_view(state: ClusterState) -> dict[str, object]:
+    return {p.key: (p.node, p.ip, p.spec, dict(p.labels)) for p in state.pods}
+
+
+def apply(lab: str, paths: Sequence[str], dry_run: bool = False) -> ApplyResult:
+    """Bring a running lab to new manifests (Services, their ports, selectors and
+    EndpointSlices), through the agent's resync path: each node gets kube-proxy's
+    partial sync and DNS answers the new names at once. Running pods keep the
+    environment they started with — the kubelet never updates it.
+
+    Changes to pods or workloads (and to the Lab document) are refused for now: they
+    need the agent's workload handling."""
+    from dataclasses import replace as dc_replace
+
+    from labctl.agent.control import request
+    from labctl.cluster.addons import with_addons
+    from labctl.cluster.compile import compile_state
+    from labctl.model.load import load_topology
+
+    with store.locked(lab):
+        old = store.state_of(lab)
+        topology, _warnings = load_topology(paths, lab_name=lab)
+        if topology.lab.name != lab:
+            raise LabctlError(f"the files describe lab {topology.lab.name!r}, not {lab!r}")
+        new = compile_state(with_addons(topology), previous=old)
+        lab_now = dc_replace(old.lab, proxy_mode="", source=None)
+        lab_new = dc_replace(new.lab, proxy_mode="", source=None)
+        if lab_now != lab_new:
+            raise LabctlError("the Lab document changed (nodes or address ranges): that "
+                              f"needs `labctl down {lab}` and `labctl up` again")
+        if new.lab.proxy_mode != store.files_proxy_mode(lab):
+            raise LabctlError(f"spec.proxyMode changed: use `labctl proxy-mode "
+                              f"{new.lab.proxy_mode}` to switch a running lab")
+        before, after = _pod_view(old), _pod_view(new)
+        if before != after:
+            moved = sorted(k for k in set(before) | set(after)
+                           if before.get(k) != after.get(k))
+            raise LabctlError(
+                f"these pods would change: {', '.join(moved[:5])}"
+                f"{' …' if len(moved) > 5 else ''}; applying pod and workload changes to a "
+                f"running lab is not supported yet (use `labctl down {lab}` and "
+                "`labctl up`); Services, ports, selectors and EndpointSlices can be applied")
+        old_svcs = {s.key: s for s in old.services}
+        new_svcs = {s.key: s for s in new.services}
+        changes = [(f"service/{k}", "created") for k in sorted(set(new_svcs) - set(old_svcs))]
+        changes += [(f"service/{k}", "configured") for k in sorted(set(new_svcs) & set(old_svcs))
+                    if new_svcs[k] != old_svcs[k]]
+        changes += [(f"service/{k}", "deleted") for k in sorted(set(old_svcs) - set(new_svcs))]
+        result = ApplyResult(lab, changes)
+        if dry_run or not changes:
+            return result
+        sdir = store.state_dir(lab)
+        if control.agent_pid(sdir) is None:
+            raise LabctlError(f"lab {lab!r} has no running agent; `labctl down {lab}` and "
+                              "`labctl up` again")
+        request(sdir, {"op": "prepare-apply"}, timeout=30.0)
+        store.replace_manifests(lab, paths)
+        reply = request(sdir, {"op": "apply"}, timeout=60.0)
+        if not reply.get("ok"):
+            raise LabctlError(f"the agent could not apply: {reply.get('error')}")
+        result.synced = reply.get("synced", {})
+        return result

@@ -143,3 +143,30 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def files_proxy_mode(lab: str) -> str:
+    """The proxy mode the lab's files ask for (whatever `labctl proxy-mode` chose since)."""
+    from labctl.cluster.compile import compile_files
+
+    state, _ = compile_files(manifest_copies(lab), lab_name=lab, addons=False)
+    return state.lab.proxy_mode
+
+
+def replace_manifests(lab: str, files: Sequence[str]) -> None:
+    """Swap the lab's copy of its manifests for new files (what `apply` was given)."""
+    root = state_dir(lab)
+    fresh = os.path.join(root, MANIFESTS + ".new")
+    shutil.rmtree(fresh, ignore_errors=True)
+    os.makedirs(fresh)
+    for i, path in enumerate(expand_files(files)):
+        shutil.copyfile(path, os.path.join(fresh, f"{i:03d}-{os.path.basename(path)}"))
+    old = os.path.join(root, MANIFESTS + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(os.path.join(root, MANIFESTS), old)
+    os.rename(fresh, os.path.join(root, MANIFESTS))
+    shutil.rmtree(old, ignore_errors=True)
+    rec = load(lab)
+    if rec is not None:
+        rec.files = [os.path.abspath(f) for f in files]
+        save(rec)
