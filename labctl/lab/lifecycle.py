@@ -73,9 +73,9 @@ def up(paths: Sequence[str], progress: Progress | None = None) -> UpResult:
             etcnetns.write(state)  # resolv.conf and hosts, before any process starts
             timings["rules"] = time.perf_counter() - t
             t = time.perf_counter()
-            with open(os.path.join(rec_dir(lab), "workloads.json"), "w") as f:
+            with open(os.path.join(store.state_dir(lab), "workloads.json"), "w") as f:
                 json.dump(workloads_document(state), f)
-            pid = control.start_agent(rec_dir(lab))
+            pid = control.start_agent(store.state_dir(lab))
             timings["agent"] = time.perf_counter() - t
         except BaseException:
             _teardown(lab, rec.namespaces)
@@ -83,10 +83,6 @@ def up(paths: Sequence[str], progress: Progress | None = None) -> UpResult:
         rec.status, rec.up_pid, rec.timings = "up", 0, timings
         store.save(rec)
     return UpResult(state, plan, warnings, timings, pid)
-
-
-def rec_dir(lab: str) -> str:
-    return store.state_dir(lab)
 
 
 def _teardown(lab: str, namespaces: list[str]) -> None:
