@@ -88,9 +88,9 @@ def test_stop_terms_then_kills_a_process_that_ignores_sigterm(tmp_path):
         log = tmp_path / "c.log"
         while "\nup\n" not in log.read_text():
             await asyncio.sleep(0.05)
-        t = time.monotonic()
-        await sup.stop(grace=0.3)
-        assert time.monotonic() - t < 3
+        # a process that ignores SIGTERM is SIGKILLed after the grace period (the
+        # generous wait_for only turns a hang into a failure)
+        await asyncio.wait_for(sup.stop(grace=0.3), 30)
         return pid
 
     pid = asyncio.run(main())

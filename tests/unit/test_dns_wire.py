@@ -362,31 +362,37 @@ def test_forwarding_to_an_upstream(zone: Zone) -> None:
         upstream.close()
 
 
-def test_silent_upstream_gets_servfail_within_two_seconds(zone: Zone) -> None:
+def test_silent_upstream_gets_servfail_and_blocks_nothing(zone: Zone) -> None:
+    """The server's own forwarding deadline ends in SERVFAIL (the client's generous
+    timeout only guards against a hang); a cluster name asked while a forward is still
+    pending is answered first. No wall-clock bound is asserted."""
     upstream = FakeUpstream(silent=True)
     try:
-        with Running(zone, [upstream.address]) as running:
-            started = time.monotonic()
-            reply = running.udp(query("example.test", qid=77), timeout=5)
-            elapsed = time.monotonic() - started
+        with Running(zone, [upstream.address]) as running, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as outside, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as inside:
+            outside.sendto(query("example.test", qid=77), ("127.0.0.1", running.port))
+            inside.settimeout(5)
+            inside.sendto(query(S1, qid=78), ("127.0.0.1", running.port))
+            assert DNSRecord.parse(inside.recv(65535)).rr  # answered while 77 waits
+            outside.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                outside.recv(65535)  # the forward is still pending upstream
+            outside.settimeout(5)
+            reply = DNSRecord.parse(outside.recv(65535))
             assert reply.header.rcode == RCODE.SERVFAIL and reply.header.id == 77
-            assert 1.0 < elapsed < 2.0
             # A reverse name nobody knows: the upstream is asked, then NXDOMAIN stands.
             ptr = running.udp(query("8.8.8.8.in-addr.arpa", "PTR"), timeout=5)
             assert ptr.header.rcode == RCODE.NXDOMAIN
-            # Meanwhile cluster names are answered at once.
-            started = time.monotonic()
-            assert running.udp(query(S1)).rr
-            assert time.monotonic() - started < 0.5
     finally:
         upstream.close()
 
 
 def test_without_upstreams_outside_names_fail_at_once(zone: Zone) -> None:
-    with Running(zone) as running:
-        started = time.monotonic()
-        reply = running.udp(query("example.org"))
+    with Running(zone, forward_timeout=30.0) as running:
+        # with a 30 s forwarding budget, a reply inside the client's 3 s means nothing
+        # was waited for: there is nobody to ask
+        reply = running.udp(query("example.org"), timeout=3)
         assert reply.header.rcode == RCODE.SERVFAIL
-        assert time.monotonic() - started < 0.5
         nx = running.udp(query("9.9.9.9.in-addr.arpa", "PTR"))
         assert nx.header.rcode == RCODE.NXDOMAIN
