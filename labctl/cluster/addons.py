@@ -48,8 +48,7 @@ APISERVER_PORT = 6443
 
 def apiserver_address(topology: Topology) -> str:
     """Where `kubernetes.default` leads: the first node, port 6443 (as in kind)."""
-    _gateway, node_ips, _external = ipam.node_network(topology.lab.node_cidr,
-                                                      len(topology.lab.nodes))
+    node_ips, _external = ipam.node_network(topology.lab.node_cidr, len(topology.lab.nodes))
     return node_ips[0]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -24,7 +23,7 @@ def compile_state(topology: Topology, previous: ClusterState | None = None) -> C
             "error", lab.source.at("spec.podCIDR"), "Lab: spec.podCIDR",
             f"{lab.pod_cidr} holds {len(subnets)} node /{lab.pod_cidr_per_node} subnet(s) but "
             f"the lab has {len(lab.nodes)} nodes", "use a larger pod CIDR, e.g. 10.244.0.0/16"))
-    gateway, node_ips, external_ip = ipam.node_network(lab.node_cidr, len(lab.nodes))
+    node_ips, external_ip = ipam.node_network(lab.node_cidr, len(lab.nodes))
     nodes = tuple(
         NodeState(name=n.name, index=i, ip=node_ips[i], pod_cidr=str(subnets[i]),
                   pod_gateway=str(subnets[i].network_address + 1), labels=n.labels,
@@ -74,12 +73,8 @@ def compile_state(topology: Topology, previous: ClusterState | None = None) -> C
     return ClusterState(
         lab=lab, nodes=nodes, pods=pod_states, services=svc_states,
         endpoint_slices=tuple(slices), namespaces=tuple(namespaces),
-        fabric_netns=names.fabric_ns(lab.name), fabric_gateway=gateway,
+        fabric_netns=names.fabric_ns(lab.name),
         external_netns=names.external_ns(lab.name), external_ip=external_ip)
-
-
-def node_prefixlen(state: ClusterState) -> int:
-    return ipaddress.IPv4Network(state.lab.node_cidr).prefixlen
 
 
 def compile_files(paths: Sequence[str], lab_name: str | None = None, addons: bool = False

@@ -45,11 +45,9 @@ def assign_pod_ips(subnet: ipaddress.IPv4Network, pod_keys: Sequence[str],
     return out
 
 
-def node_network(node_cidr: str, nodes: int) -> tuple[str, list[str], str]:
-    """(fabric gateway, node IPs, external client IP) on the node network."""
+def node_network(node_cidr: str, nodes: int) -> tuple[list[str], str]:
+    """(node IPs, external client IP) on the node network. The first address stays free,
+    as a Docker network's gateway does in kind: nodes start at .2."""
     hosts = list(ipaddress.IPv4Network(node_cidr).hosts())
-    return str(hosts[0]), [str(h) for h in hosts[1:1 + nodes]], str(hosts[-1])
+    return [str(h) for h in hosts[1:1 + nodes]], str(hosts[-1])
 
-
-def node_network_fits(node_cidr: str, nodes: int) -> bool:
-    return ipaddress.IPv4Network(node_cidr).num_addresses - 2 >= nodes + 2

@@ -89,7 +89,6 @@ class ClusterState:
     endpoint_slices: tuple[EndpointSlice, ...]
     namespaces: tuple[str, ...]
     fabric_netns: str
-    fabric_gateway: str  # node network address held by the fabric bridge
     external_netns: str
     external_ip: str
     warnings: tuple[str, ...] = ()

@@ -33,19 +33,6 @@ def _tid() -> int:
     return threading.get_native_id()
 
 
-def ns_inode(ns_path: str) -> int:
-    return os.stat(ns_path).st_ino
-
-
-def current_inode() -> int:
-    return ns_inode(thread_ns_path())
-
-
-def host_inode() -> int:
-    """The namespace of PID 1: the host's own, which labctl never writes to."""
-    return ns_inode("/proc/1/ns/net")
-
-
 def ensure_run_dir() -> None:
     """Prepare /run/netns the way `ip netns add` does (a shared bind mount of itself)."""
     os.makedirs(RUN_NETNS, mode=0o755, exist_ok=True)

@@ -7,8 +7,8 @@ Why not `pyroute2.IPRoute` for building labs:
   thread uses it;
 * importing pyroute2 costs ~110 ms per command and its generic codec ~1 ms per pod.
 
-So this module encodes the six request shapes labctl sends (link add/set, addr add,
-route add, link get, link dump) with `struct`, queues them, and sends each namespace's
+So this module encodes the request shapes labctl sends (link add, link set, bridge port
+options, addr add, route add, link get) with `struct`, queues them, and sends each namespace's
 batch in one `send`; the kernel processes the messages in order, exactly as if they had
 been sent singly, and acknowledges each. The first refusal is raised with the
 equivalent `ip` command in its text. pyroute2 remains the library for IPVS.
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 # <linux/netlink.h>, <linux/rtnetlink.h>, <linux/if_link.h>, <linux/veth.h>
 NETLINK_ROUTE = 0
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+NLMSG_ERROR = 2
 RTM_NEWLINK, RTM_GETLINK, RTM_SETLINK = 16, 18, 19
 RTM_NEWADDR, RTM_NEWROUTE = 20, 24
 IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 3, 10, 18, 20, 28
@@ -240,26 +240,6 @@ class Rtnl:
 
     def link_index(self, ifname: str) -> int:
         return self.link(ifname).index
-
-    def links(self) -> list[Link]:
-        """Every link of this namespace (a dump)."""
-        self.flush()
-        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-        self.sock.send(self._message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, body))
-        out = []
-        while True:
-            buf = self.sock.recv(1 << 20)
-            off = 0
-            while off < len(buf):
-                length, rtype, _f, _seq, _p = _HDR.unpack_from(buf, off)
-                if rtype == NLMSG_DONE:
-                    self._done = self.seq
-                    return out
-                if rtype == NLMSG_ERROR:
-                    (code,) = _ERR.unpack_from(buf, off + _HDR.size)
-                    raise NetlinkError(-code, "ip link show")
-                out.append(_link(buf[off + _HDR.size:off + length]))
-                off += (length + 3) & ~3
 
 
 def _link(payload: bytes) -> Link:

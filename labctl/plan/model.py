@@ -65,8 +65,3 @@ class Plan:
         out += [v.ifname for v in self.veths if v.netns == netns]
         out += [v.peer_ifname for v in self.veths if v.peer_netns == netns]
         return out
-
-    def counts(self) -> dict[str, int]:
-        return {"namespaces": len(self.namespaces), "bridges": len(self.bridges),
-                "veth pairs": len(self.veths), "addresses": len(self.addresses),
-                "routes": len(self.routes)}
