@@ -12,48 +12,12 @@ from pathlib import Path
 from labctl.testing.runner import labctl, netns_exec
 from labctl.testing.traffic import connect_error, http_get
 from tests.integration.conftest import write_lab
+from tests.integration.manifests import deployment, join, lab, pod, service
 
 LAB = "it-apply"
-BASE = f"""
-apiVersion: labctl/v1
-kind: Lab
-metadata: {{name: {LAB}}}
-spec:
-  nodes: [{{name: node1}}, {{name: node2}}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers: [{{name: web, ports: [{{name: http, containerPort: 8080}}]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web}}
-spec:
-  selector: {{app: web}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client}}
-spec:
-  containers: [{{name: c}}]
-"""
-LATE = """
----
-apiVersion: v1
-kind: Service
-metadata: {name: late}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 8000, targetPort: http}]
-"""
+BASE = join(lab(LAB), deployment("web", 2, port_name="http"),
+            service("web", "web", 80, "http"), pod("client"))
+LATE = "---\n" + service("late", "web", 8000, "http")
 CLIENT = f"lc.{LAB}.pod.default.client"
 
 

@@ -16,41 +16,14 @@ from labctl.net import inventory
 from labctl.testing import host
 from labctl.testing.runner import labctl, labctl_argv, leftovers, netns_exec, processes_in
 from tests.integration.conftest import write_lab
+from tests.integration.manifests import deployment, join, lab, pod
 
 
 def lab_yaml(name: str, pods: int = 2, prefix: str = "web", command: bool = False) -> str:
-    extra = ""
+    docs = [lab(name, nodes=3), deployment(prefix, pods)]
     if command:
-        extra = """
----
-apiVersion: v1
-kind: Pod
-metadata: {name: sleeper}
-spec:
-  containers:
-    - name: s
-      command: ["sleep", "300"]
-"""
-    return f"""
-apiVersion: labctl/v1
-kind: Lab
-metadata: {{name: {name}}}
-spec:
-  nodes: [{{name: node1}}, {{name: node2}}, {{name: node3}}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {prefix}}}
-spec:
-  replicas: {pods}
-  selector: {{matchLabels: {{app: {prefix}}}}}
-  template:
-    metadata: {{labels: {{app: {prefix}}}}}
-    spec:
-      containers:
-        - name: {prefix}
-          ports: [{{containerPort: 8080}}]
-{extra}"""
+        docs.append(pod("sleeper", command='["sleep", "300"]'))
+    return join(*docs)
 
 
 def pods_of(lab: str) -> list[dict]:

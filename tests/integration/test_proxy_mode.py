@@ -8,40 +8,12 @@ from pathlib import Path
 from labctl.testing.runner import labctl
 from labctl.testing.traffic import http_get
 from tests.integration.conftest import write_lab
+from tests.integration.manifests import deployment, join, lab, pod, service
 
 LAB = "it-switch"
-MANIFEST = f"""
-apiVersion: labctl/v1
-kind: Lab
-metadata: {{name: {LAB}}}
-spec:
-  nodes: [{{name: node1}}, {{name: node2}}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers: [{{name: web, ports: [{{containerPort: 8080}}]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web}}
-spec:
-  type: NodePort
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client}}
-spec:
-  containers: [{{name: c}}]
-"""
+MANIFEST = join(lab(LAB), deployment("web", 2),
+                service("web", "web", 80, 8080, node_port=30080, type="NodePort"),
+                pod("client"))
 
 
 def test_switch_between_iptables_and_nftables(tmp_path: Path) -> None:
