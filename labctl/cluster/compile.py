@@ -1,4 +1,5 @@
-"""compile_state: Topology (+ the previous state, to keep addresses stable) → ClusterState."""
+"""compile_state: Topology (+ the previous state, to keep addresses stable, + the lab's
+Runtime: scale, deletions, terminating pods) → ClusterState."""
 
 from __future__ import annotations
 
@@ -7,14 +8,26 @@ from dataclasses import replace
 
 from labctl import names
 from labctl.cluster import endpointslices, ipam, services
+from labctl.cluster.runtime import Runtime
 from labctl.cluster.scheduling import schedule
 from labctl.cluster.state import ClusterState, NodeState, PodState
-from labctl.cluster.workloads import all_pods
+from labctl.cluster.workloads import expand
 from labctl.errors import Diagnostic, UserError
 from labctl.model.objects import Topology
 
 
-def compile_state(topology: Topology, previous: ClusterState | None = None) -> ClusterState:
+def compile_state(topology: Topology, previous: ClusterState | None = None,
+                  runtime: Runtime | None = None) -> ClusterState:
+    """The cluster the manifests describe, as `runtime` changed it, continuing `previous`.
+
+    Pods that ran in `previous` keep their node and address. A pod in
+    `runtime.terminating` that ran in `previous` is carried over as it was (node,
+    address, namespace) with `terminating=True`: its address is not handed out and no
+    new pod of the same name starts until it is gone (a StatefulSet's comes back then,
+    as a new pod). Without `previous`, a pod whose key is terminating is compiled fresh
+    and marked terminating."""
+    runtime = runtime or Runtime()
+    topology = runtime.visible(topology)
     lab = topology.lab
     errors: list[Diagnostic] = []
     subnets = ipam.node_subnets(lab.pod_cidr, len(lab.nodes), lab.pod_cidr_per_node)
@@ -30,34 +43,46 @@ def compile_state(topology: Topology, previous: ClusterState | None = None) -> C
                   netns=names.node_ns(lab.name, n.name))
         for i, n in enumerate(lab.nodes))
 
-    pods = all_pods(topology)
+    node_names = {n.name for n in nodes}
+    old_pods = previous.pods if previous else ()
+    carried = {p.key: replace(p, terminating=True) for p in old_pods
+               if p.key in runtime.terminating and p.node in node_names}
+    # Only a pod that was running (not terminating) continues: one that terminated and
+    # comes back under the same name (a StatefulSet's) is a new pod.
+    running = [p for p in old_pods if not p.terminating and p.key not in carried]
+    expanded = [(p, slot) for p, slot in expand(topology, runtime)
+                if f"{p.meta.namespace}/{p.meta.name}" not in carried]
+    pods = [p for p, _slot in expanded]
     placement = schedule(pods, lab.nodes,
-                         {p.key: p.node for p in previous.pods} if previous else None)
-    prev_ips = {p.key: p.ip for p in previous.pods} if previous else {}
+                         {p.key: p.node for p in running} if previous else None)
+    prev_ips = {p.key: p.ip for p in running}
+    prev_ips.update((k, p.ip) for k, p in carried.items())
     ips: dict[str, str] = {}
     for node, subnet in zip(nodes, subnets, strict=True):
         keys = [k for k, n in placement.items() if n == node.name]
-        got = ipam.assign_pod_ips(subnet, keys, prev_ips)
+        held = [k for k, p in carried.items() if p.node == node.name]
+        got = ipam.assign_pod_ips(subnet, keys + held, prev_ips)
         if got is None:
             errors.append(Diagnostic(
                 "error", lab.source.at("spec.podCIDR"), "Lab: spec.podCIDR",
-                f"node {node.name} has {len(keys)} pods but its subnet {subnet} holds "
-                f"{ipam.pod_capacity(subnet)}",
+                f"node {node.name} has {len(keys) + len(held)} pods but its subnet {subnet} "
+                f"holds {ipam.pod_capacity(subnet)}",
                 "add nodes, spread the pods (nodeName/nodeSelector), lower replicas, or "
                 "raise the Lab's spec.podCIDRPerNode"))
             continue
-        ips.update(got)
+        ips.update((k, got[k]) for k in keys)
     if errors:
         raise UserError(errors)
 
-    pod_states = tuple(sorted(
-        (PodState(namespace=p.meta.namespace, name=p.meta.name, node=placement[key],
-                  ip=ips[key], labels=p.meta.labels, spec=p.spec,
-                  netns=names.pod_ns(lab.name, p.meta.namespace, p.meta.name),
-                  host_veth=names.veth_for(ips[key]), owner=p.owner,
-                  annotations=p.meta.annotations, source=p.source)
-         for p in pods for key in [f"{p.meta.namespace}/{p.meta.name}"]),
-        key=lambda p: (p.namespace, p.name)))
+    fresh = (PodState(namespace=p.meta.namespace, name=p.meta.name, node=placement[key],
+                      ip=ips[key], labels=p.meta.labels, spec=p.spec,
+                      netns=names.pod_ns(lab.name, p.meta.namespace, p.meta.name),
+                      host_veth=names.veth_for(ips[key]), owner=p.owner,
+                      annotations=p.meta.annotations, source=p.source, slot=slot,
+                      terminating=key in runtime.terminating)
+             for p, slot in expanded for key in [f"{p.meta.namespace}/{p.meta.name}"])
+    pod_states = tuple(sorted((*fresh, *carried.values()),
+                              key=lambda p: (p.namespace, p.name)))
 
     prev_svcs = {s.key: s for s in previous.services} if previous else {}
     svc_states = tuple(services.allocate(lab, topology.services, prev_svcs))
@@ -77,7 +102,8 @@ def compile_state(topology: Topology, previous: ClusterState | None = None) -> C
         external_netns=names.external_ns(lab.name), external_ip=external_ip)
 
 
-def compile_files(paths: Sequence[str], lab_name: str | None = None, addons: bool = False
+def compile_files(paths: Sequence[str], lab_name: str | None = None, addons: bool = False,
+                  previous: ClusterState | None = None, runtime: Runtime | None = None
                   ) -> tuple[ClusterState, list[Diagnostic]]:
     """Load, validate and compile: the whole pure front half of `up`.
 
@@ -87,7 +113,16 @@ def compile_files(paths: Sequence[str], lab_name: str | None = None, addons: boo
     from labctl.model.load import load_topology
 
     topology, warnings = load_topology(paths, lab_name)
-    return compile_state(with_addons(topology) if addons else topology), warnings
+    return compile_state(with_addons(topology) if addons else topology, previous,
+                         runtime), warnings
+
+
+def initial_readiness(state: ClusterState) -> dict[str, bool]:
+    """Each pod's Ready condition when it starts (pod key → ready): a pod with a
+    readinessProbe or startupProbe on any container is not Ready until the probe
+    succeeds, as the kubelet reports; the others are Ready at once."""
+    return {p.key: not any(c.readiness_probe or c.startup_probe for c in p.spec.containers)
+            for p in state.pods}
 
 
 def with_readiness(state: ClusterState, ready: Mapping[str, bool]) -> ClusterState:

@@ -5,6 +5,10 @@ Service port's targetPort resolved against the pod's containers (a named port a 
 does not declare leaves that pod out, as upstream does). Pods whose resolved ports
 differ go into different slices, one slice per distinct port mapping. Services
 without a selector use the EndpointSlices the user wrote.
+
+Each endpoint's conditions are the controller's: serving = the pod is Ready;
+terminating = the pod is being deleted; ready = the Service publishes not-ready
+addresses, or serving and not terminating. Terminating pods stay in their slices.
 """
 
 from __future__ import annotations
@@ -38,6 +42,15 @@ def resolve_target_port(target: int | str | None, port: int, pod: PodState,
     return None
 
 
+def endpoint_conditions(serving: bool, terminating: bool,
+                        publish_not_ready_addresses: bool) -> EndpointConditions:
+    """An endpoint's conditions for a pod that is Ready (`serving`) or not, terminating
+    or not, as the EndpointSlice controller sets them."""
+    return EndpointConditions(
+        ready=publish_not_ready_addresses or (serving and not terminating),
+        serving=serving, terminating=terminating)
+
+
 def _slice_name(service: str, index: int) -> str:
     digest = hashlib.sha256(f"{service}/{index}".encode()).hexdigest()
     return f"{service}-{digest[:5]}"
@@ -66,14 +79,13 @@ def derive(svc: ServiceState, pods: Sequence[PodState],
     for index, (mapping, members) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
         endpoints = []
         for pod in members:
-            is_ready = True if ready is None else ready.get(pod.key, True)
+            serving = True if ready is None else ready.get(pod.key, True)
             hostname = pod.spec.hostname if (pod.spec.hostname
                                              and pod.spec.subdomain == svc.name) else ""
             endpoints.append(Endpoint(
                 addresses=(pod.ip,),
-                conditions=EndpointConditions(
-                    ready=is_ready or spec.publish_not_ready_addresses,
-                    serving=is_ready, terminating=False),
+                conditions=endpoint_conditions(serving, pod.terminating,
+                                               spec.publish_not_ready_addresses),
                 hostname=hostname,
                 node_name=pod.node,
                 zone=zones.get(pod.node, ""),

@@ -1,8 +1,8 @@
 """ClusterState: the one immutable snapshot every other part is a pure function of.
 
-Produced by `cluster.compile.compile_state(topology)`: pods expanded from workloads,
-placed on nodes, given IPs; Services given clusterIPs, NodePorts and LoadBalancer IPs;
-EndpointSlices derived from selectors (or taken as written).
+Produced by `cluster.compile.compile_state(topology, previous, runtime)`: pods expanded
+from workloads, placed on nodes, given IPs; Services given clusterIPs, NodePorts and
+LoadBalancer IPs; EndpointSlices derived from selectors (or taken as written).
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ class PodState:
     owner: Owner | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
     source: Source = field(default=Source(), compare=False)
+    # The replica slot of a workload's pod (a StatefulSet pod's ordinal); -1: a bare Pod.
+    slot: int = -1
+    # Being deleted gracefully: still running with its node, IP and namespace, still in
+    # its Services' EndpointSlices (conditions.terminating), its IP not handed out.
+    terminating: bool = False
 
     @property
     def key(self) -> str:

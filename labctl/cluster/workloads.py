@@ -2,15 +2,19 @@
 
 Deployment pods are `<deployment>-<pod-template-hash>-<5 chars>`; StatefulSet pods are
 `<statefulset>-<ordinal>`. Real controllers pick the 5-character suffix at random; here it
-is derived from the pod's owner and replica index so that the same file always gives the
-same names (and, through IPAM, the same addresses).
+is derived from the pod's owner and replica slot so that the same file always gives the
+same names (and, through IPAM, the same addresses). A slot whose pod was replaced
+(`Runtime.generations`) hashes its generation too: a new name, as upstream's new random
+one. Each pod comes with its slot (the StatefulSet ordinal; -1 for a bare Pod).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import replace
 
+from labctl.cluster.runtime import Runtime
 from labctl.model.objects import (
     Deployment,
     ObjectMeta,
@@ -51,21 +55,35 @@ def _pod_from_template(meta: ObjectMeta, name: str, template: PodTemplate,
     )
 
 
-def deployment_pods(dep: Deployment) -> list[Pod]:
+def deployment_pod_name(dep: Deployment, slot: int, generation: int = 0,
+                        hash_: str = "") -> str:
+    """`<deployment>-<hash>-<suffix>`; generation 0 gives the name a fresh lab gives."""
+    hash_ = hash_ or template_hash(f"{dep.meta.namespace}/{dep.meta.name}", dep.template)
+    seed = f"{dep.meta.namespace}/{dep.meta.name}/{hash_}/{slot}"
+    if generation:
+        seed += f"/{generation}"
+    return f"{dep.meta.name}-{hash_}-{safe_encode(seed.encode(), 5)}"
+
+
+def deployment_pods(dep: Deployment, replicas: int | None = None,
+                    generations: Mapping[int, int] | None = None) -> list[Pod]:
+    """The Deployment's pods, slot i at index i (`replicas` overrides spec.replicas;
+    `generations`: slot → how many times its pod was replaced)."""
     hash_ = template_hash(f"{dep.meta.namespace}/{dep.meta.name}", dep.template)
+    generations = generations or {}
     pods = []
-    for i in range(dep.replicas):
-        suffix = safe_encode(f"{dep.meta.namespace}/{dep.meta.name}/{hash_}/{i}".encode(), 5)
-        name = f"{dep.meta.name}-{hash_}-{suffix}"
+    for i in range(dep.replicas if replicas is None else replicas):
+        name = deployment_pod_name(dep, i, generations.get(i, 0), hash_)
         pod = _pod_from_template(dep.meta, name, dep.template, {"pod-template-hash": hash_},
                                  Owner("Deployment", dep.meta.name))
         pods.append(replace(pod, source=dep.source))
     return pods
 
 
-def statefulset_pods(sts: StatefulSet) -> list[Pod]:
+def statefulset_pods(sts: StatefulSet, replicas: int | None = None) -> list[Pod]:
+    """The StatefulSet's pods, ordinal i at index i."""
     pods = []
-    for i in range(sts.replicas):
+    for i in range(sts.replicas if replicas is None else replicas):
         name = f"{sts.meta.name}-{i}"
         labels = {
             "statefulset.kubernetes.io/pod-name": name,
@@ -78,11 +96,24 @@ def statefulset_pods(sts: StatefulSet) -> list[Pod]:
     return pods
 
 
+def expand(topology: Topology, runtime: Runtime | None = None) -> list[tuple[Pod, int]]:
+    """Every pod the topology asks for with its slot: bare Pods (-1), then each
+    workload's replicas. `runtime` gives `labctl scale`'s counts and replaced slots'
+    generations (deleted objects are the caller's to filter: `Runtime.visible`)."""
+    runtime = runtime or Runtime()
+    out: list[tuple[Pod, int]] = [(p, -1) for p in topology.pods]
+    for dep in topology.deployments:
+        ns, name = dep.meta.namespace, dep.meta.name
+        replicas = runtime.replicas_of("Deployment", ns, name, dep.replicas)
+        gens = {i: runtime.generation(ns, name, i) for i in range(replicas)}
+        out.extend((p, i) for i, p in enumerate(deployment_pods(dep, replicas, gens)))
+    for sts in topology.statefulsets:
+        replicas = runtime.replicas_of("StatefulSet", sts.meta.namespace, sts.meta.name,
+                                       sts.replicas)
+        out.extend((p, i) for i, p in enumerate(statefulset_pods(sts, replicas)))
+    return out
+
+
 def all_pods(topology: Topology) -> list[Pod]:
     """Every pod the topology asks for: bare Pods, then each workload's replicas."""
-    pods = list(topology.pods)
-    for dep in topology.deployments:
-        pods.extend(deployment_pods(dep))
-    for sts in topology.statefulsets:
-        pods.extend(statefulset_pods(sts))
-    return pods
+    return [pod for pod, _slot in expand(topology)]

@@ -189,3 +189,29 @@ def test_a_workloads_replicas_spread_over_nodes_even_when_loads_differ() -> None
                                    pods=(pod("p1", node="a"), pod("p2", node="a")),
                                    deployments=(deployment("web", 3, {"app": "web"}),)))
     assert sorted(p.node for p in state.pods if p.name.startswith("web-")) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("serving, terminating, publish, expected", [
+    # (ready, serving, terminating), as the upstream EndpointSlice controller sets them.
+    (True, False, False, (True, True, False)),
+    (False, False, False, (False, False, False)),
+    (True, True, False, (False, True, True)),
+    (False, True, False, (False, False, True)),
+    (True, False, True, (True, True, False)),
+    (False, False, True, (True, False, False)),
+    (True, True, True, (True, True, True)),
+    (False, True, True, (True, False, True)),
+])
+def test_endpoint_conditions_table(serving: bool, terminating: bool, publish: bool,
+                                   expected: tuple[bool, bool, bool]) -> None:
+    from dataclasses import replace
+
+    from labctl.cluster.compile import with_readiness
+
+    svc = service("web", {"app": "web"}, publish_not_ready_addresses=publish)
+    state = compile_state(topology(pods=(pod("a", {"app": "web"}),), services=(svc,)))
+    state = replace(state, pods=tuple(replace(p, terminating=terminating) for p in state.pods))
+    state = with_readiness(state, {"default/a": serving})
+    (ep,) = [ep for s in state.endpoint_slices for ep in s.endpoints]
+    c = ep.conditions
+    assert (c.ready, c.serving, c.terminating) == expected
