@@ -93,6 +93,10 @@ def probe(data: Data) -> Probe | None:
         timeout_seconds=number("timeoutSeconds", 1),
         success_threshold=number("successThreshold", 1),
         failure_threshold=number("failureThreshold", 3),
+        host=handler.get("host") or "",
+        scheme=handler.get("scheme") or "HTTP",
+        http_headers=tuple((h.get("name", ""), h.get("value", ""))
+                           for h in items(handler, "httpHeaders") if isinstance(h, Mapping)),
     )
 
 

@@ -6,12 +6,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from labctl.model.checks import did_you_mean
-from labctl.model.context import Context, PodShape, Workload, label_of, show_labels
-from labctl.model.objects import Container, LabelSelector, NodeSpec, StatefulSet
+from labctl.model.context import (
+    Context,
+    Object,
+    PodShape,
+    Workload,
+    label_of,
+    show_labels,
+)
+from labctl.model.objects import Container, LabelSelector, NodeSpec, Probe, StatefulSet
 
 PROBES = (("readinessProbe", "readiness_probe"), ("livenessProbe", "liveness_probe"),
           ("startupProbe", "startup_probe"))
 HANDLERS = ("httpGet", "tcpSocket", "exec", "grpc")
+SCHEMES = ("HTTP", "HTTPS")
 WELL_KNOWN = ("kubernetes.io/hostname", "kubernetes.io/os")
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
@@ -90,6 +98,25 @@ def check_probes(ctx: Context, shape: PodShape, path: str, container: Container)
                       f'container "{container.name}" declares no port named "{probe.port}"',
                       f'add a port named "{probe.port}" to the container (ports: [{{name: '
                       f"{probe.port}, containerPort: <number>}}]), or use the port number")
+        else:
+            check_probe_handler(ctx, obj, probe_path, probe)
+
+
+def check_probe_handler(ctx: Context, obj: Object, path: str, probe: Probe) -> None:
+    """What the API server rejects in a handler, and the handler labctl does not run."""
+    if probe.kind == "exec" and not probe.command:
+        ctx.error(obj, f"{path}.exec.command", "expected a command, found none",
+                  "add command: [<program>, <arg>...]; the probe succeeds when it exits 0")
+    elif probe.kind == "httpGet" and probe.scheme not in SCHEMES:
+        ctx.error(obj, f"{path}.httpGet.scheme",
+                  f'expected "HTTP" or "HTTPS", found "{probe.scheme}"',
+                  "scheme is upper case; HTTPS skips certificate checks, as the kubelet does")
+    elif probe.kind == "grpc":
+        # The prober treats a gRPC probe as absent (kubelet.probes.usable).
+        ctx.warning(obj, f"{path}.grpc",
+                    "labctl does not run gRPC probes: this probe is ignored, as if it were "
+                    "not set", "to have the port checked, use tcpSocket: {port: <same "
+                    "port>}, or exec a health-check program")
 
 
 # ---------------------------------------------------------------- workloads

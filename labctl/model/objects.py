@@ -99,7 +99,12 @@ class EnvVar:
 
 @dataclass(frozen=True)
 class Probe:
-    """A probe as written (used by the agent; see the agent issue)."""
+    """A probe as written, with the API's defaults; the agent runs it (kubelet/probes).
+
+    `port` is a number or a container port name (httpGet, tcpSocket, grpc); `command`
+    is exec's argv; `host` (httpGet, tcpSocket) defaults to the pod IP; `scheme` is HTTP
+    or HTTPS (TLS, certificate not verified, as the kubelet does).
+    """
 
     kind: str  # httpGet | tcpSocket | exec | grpc
     port: int | str | None = None
@@ -110,6 +115,11 @@ class Probe:
     timeout_seconds: int = 1
     success_threshold: int = 1
     failure_threshold: int = 3
+    # Left out of repr: cluster.workloads.template_hash hashes the template's repr, and
+    # new fields there would rename every existing Deployment pod.
+    host: str = field(default="", repr=False)  # "": the pod IP
+    scheme: str = field(default="HTTP", repr=False)  # HTTP | HTTPS
+    http_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
