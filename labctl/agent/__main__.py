@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from labctl.agent.daemon import main
+from labctl.agent.controller import main
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:

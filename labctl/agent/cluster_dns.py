@@ -1,4 +1,4 @@
-"""The lab's cluster DNS, served by the agent in the coredns pods' network namespaces.
+"""The lab's cluster DNS, served by the pod host in the coredns pods' network namespaces.
 
 One responder (labctl.dns) answers for every replica: each replica's UDP and TCP
 sockets on port 53 are opened inside that pod's namespace and handed to it, so queries
@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Any
 
 from labctl.agent.workloads import Container, Pod
 from labctl.dns.server import DnsServer
@@ -62,24 +61,30 @@ def open_dns_sockets(pod: Pod, container: Container) -> list[socket.socket]:
 
 
 class ClusterDns:
-    """One responder for every replica; built after the agent reported ready (the
-    replicas' sockets are already open, so no query is lost meanwhile)."""
+    """One responder for every replica; built after the pod host reported ready (the
+    replicas' sockets are already open, so no query is lost meanwhile). Its data is the
+    lab's current ClusterState, which the agent saves whenever it changes."""
 
-    def __init__(self, lab: str, sockets: list[socket.socket]) -> None:
-        from labctl.lab.store import state_of
+    def __init__(self, state_dir: str, sockets: list[socket.socket]) -> None:
+        self.state_dir = state_dir
+        self.server = DnsServer(self._zone(), upstreams=host_upstreams())
+        self.serve(sockets)
 
-        state = state_of(lab)
-        self.server = DnsServer(Zone.from_state(state, serial=int(time.time())),
-                                upstreams=host_upstreams())
+    def _zone(self) -> Zone:
+        from labctl.lab.store import current_state
+
+        return Zone.from_state(current_state(self.state_dir), serial=int(time.time()))
+
+    def serve(self, sockets: list[socket.socket]) -> None:
         for sock in sockets:
             if sock.type == socket.SOCK_DGRAM:
                 self.server.serve_udp(sock)
             else:
                 self.server.serve_tcp(sock)
 
-    def update(self, state: Any) -> None:
+    def reload(self) -> None:
         """Answer from the cluster as it is now (visible to the next query)."""
-        self.server.update(Zone.from_state(state, serial=int(time.time())))
+        self.server.update(self._zone())
 
     def stop(self) -> None:
         self.server.stop()

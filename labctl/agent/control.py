@@ -1,8 +1,10 @@
-"""The client side of the agent: start, stop, ask, and end what a crashed agent left.
+"""The client side of a lab's two processes — the agent (the controller) and the pod
+host (the containers): start, stop, ask, and end what a crashed one left.
 
-Used by the CLI. Everything is ended by PID after checking the PID is still ours: the
-agent by its command line (`-m labctl.agent <state_dir>`), a workload by the network
-namespace it runs in (one of the lab's). Nothing is ever matched by process name.
+Used by the CLI and by the agent (which starts the pod host). Everything is ended by PID
+after checking the PID is still ours: a lab process by its command line (`-m
+labctl.agent <state_dir>` or `-m labctl.agent.podhost <state_dir>`), a workload by the
+network namespace it runs in (one of the lab's). Nothing is matched by process name.
 """
 
 from __future__ import annotations
@@ -23,30 +25,41 @@ from labctl.agent.paths import READY_FD_ENV, StatePaths, log_path
 from labctl.agent.workloads import load
 from labctl.errors import LabctlError
 
-__all__ = ["agent_pid", "kill_lab_processes", "log_path", "request", "start_agent",
-           "status", "stop_agent"]
+__all__ = ["agent_pid", "kill_lab_processes", "log_path", "podhost_pid", "request",
+           "start_agent", "start_podhost", "status", "stop_agent", "stop_role"]
+
+MODULES = {"agent": "labctl.agent", "podhost": "labctl.agent.podhost"}
+NAMES = {"agent": "agent", "podhost": "pod host"}
 
 # Agents this process started: polled to reap them, so they never linger as zombies.
 _children: dict[int, subprocess.Popen] = {}
 WORKLOAD_GRACE = 2.0
 
 
-def agent_pid(state_dir: str) -> int | None:
-    """The PID of the lab's running agent, if the pidfile names a live agent for it."""
-    paths = StatePaths(os.path.abspath(state_dir))
+def pid_of(state_dir: str, role: str) -> int | None:
+    """The PID of the lab's running agent or pod host, if its pidfile names a live one."""
+    paths = StatePaths(os.path.abspath(state_dir), role)
     try:
         with open(paths.pidfile, encoding="ascii") as f:
             pid = int(f.read().strip() or 0)
     except (FileNotFoundError, ValueError):
         return None
-    if pid > 0 and _is_agent(pid, paths.state_dir) and not _exited(pid):
+    if pid > 0 and _is_ours(pid, paths.state_dir, role) and not _exited(pid):
         return pid
     return None
 
 
-def _is_agent(pid: int, state_dir: str) -> bool:
+def agent_pid(state_dir: str) -> int | None:
+    return pid_of(state_dir, "agent")
+
+
+def podhost_pid(state_dir: str) -> int | None:
+    return pid_of(state_dir, "podhost")
+
+
+def _is_ours(pid: int, state_dir: str, role: str) -> bool:
     args = procfs.cmdline(pid)
-    want = ["-m", "labctl.agent", state_dir]
+    want = ["-m", MODULES[role], state_dir]
     return any(args[i:i + 3] == want for i in range(len(args)))
 
 
@@ -68,19 +81,29 @@ def _wait_exit(pids: list[int], timeout: float) -> list[int]:
     return left
 
 
-def start_agent(state_dir: str, timeout: float = 30.0) -> int:
-    """Start the lab's agent detached; return its PID once it reported ready.
+def start_agent(state_dir: str, timeout: float = 60.0) -> int:
+    """Start the lab's agent (which starts the pod host if none runs); its PID."""
+    return start(state_dir, "agent", timeout)
 
-    On failure or timeout raise LabctlError with the agent's own error text, after
-    making sure no agent (and no workload it started) is left running.
+
+def start_podhost(state_dir: str, timeout: float = 30.0) -> int:
+    return start(state_dir, "podhost", timeout)
+
+
+def start(state_dir: str, role: str, timeout: float = 30.0) -> int:
+    """Start the lab's agent or pod host detached; return its PID once it reported ready.
+
+    On failure or timeout raise LabctlError with the process's own error text, after
+    making sure it (and any workload it started) is not left running.
     """
     state_dir = os.path.abspath(state_dir)
-    paths = StatePaths(state_dir)
+    paths = StatePaths(state_dir, role)
+    name = NAMES[role]
     if not os.path.isdir(state_dir):
         raise LabctlError(f"state dir {state_dir} does not exist")
-    running = agent_pid(state_dir)
+    running = pid_of(state_dir, role)
     if running is not None:
-        raise LabctlError(f"an agent (pid {running}) is already running for {state_dir}; "
+        raise LabctlError(f"a {name} (pid {running}) is already running for {state_dir}; "
                           f"stop it first")
     env = dict(os.environ)
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -90,12 +113,12 @@ def start_agent(state_dir: str, timeout: float = 30.0) -> int:
     try:
         with open(paths.logfile, "ab") as logf:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "labctl.agent", state_dir],
+                [sys.executable, "-m", MODULES[role], state_dir],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, pass_fds=(w,),
                 start_new_session=True, cwd="/", env=env)
     except OSError as e:
         os.close(r)
-        raise LabctlError(f"cannot start the agent: {e}") from e
+        raise LabctlError(f"cannot start the {name}: {e}") from e
     finally:
         os.close(w)
     _children[proc.pid] = proc
@@ -110,12 +133,12 @@ def start_agent(state_dir: str, timeout: float = 30.0) -> int:
         return proc.pid
     _abort(paths, proc, signal_now=status == "timeout")
     if status == "error":
-        msg = f"agent failed to start: {text}"
+        msg = f"{name} failed to start: {text}"
     elif status == "timeout":
-        msg = f"agent did not report ready within {timeout:g}s"
+        msg = f"{name} did not report ready within {timeout:g}s"
     else:
         tail = _tail(paths.logfile)
-        msg = "agent exited during start-up" + (f": {tail}" if tail else "")
+        msg = f"{name} exited during start-up" + (f": {tail}" if tail else "")
     raise LabctlError(f"{msg} (log: {paths.logfile})")
 
 
@@ -152,10 +175,11 @@ def _tail(path: str, lines: int = 5) -> str:
 
 
 def _abort(paths: StatePaths, proc: subprocess.Popen, signal_now: bool) -> None:
-    """After a failed start: the agent must be gone, and anything it started.
+    """After a failed start: the process must be gone, and anything it started.
 
-    An agent that reported an error undoes its own start-up and exits; one that timed
-    out is told to (SIGTERM), and killed when it does not.
+    One that reported an error undoes its own start-up and exits; one that timed out is
+    told to (SIGTERM), and killed when it does not. A failed agent takes the pod host it
+    started with it.
     """
     for sig in ((signal.SIGTERM,) if signal_now else (None, signal.SIGTERM)) + (signal.SIGKILL,):
         if sig is not None and proc.poll() is None:
@@ -166,29 +190,46 @@ def _abort(paths: StatePaths, proc: subprocess.Popen, signal_now: bool) -> None:
         except subprocess.TimeoutExpired:
             continue
     _children.pop(proc.pid, None)
-    _end_workloads(paths, _lab_netns(paths))
     _remove_stale(paths)
+    if paths.role == "agent":
+        stop_role(paths.state_dir, "podhost")
+    if pid_of(paths.state_dir, "podhost") is None:
+        _end_workloads(paths, _lab_netns(paths))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(paths.pids)
 
 
-def stop_agent(state_dir: str, timeout: float = 10.0,
-               netns_names: list[str] | None = None) -> bool:
-    """Stop the lab's agent (SIGTERM, SIGKILL after `timeout`); True if one was running.
-
-    Then end what a killed agent may have left: PIDs from the `pids` file that still
-    run inside one of the lab's namespaces (`netns_names`, default: those named in
-    workloads.json). Idempotent; call it before deleting the namespaces.
-    """
-    paths = StatePaths(os.path.abspath(state_dir))
-    pid = agent_pid(paths.state_dir)
+def stop_role(state_dir: str, role: str, timeout: float = 10.0) -> bool:
+    """Stop the lab's agent or pod host (SIGTERM, SIGKILL after `timeout`); True if one
+    was running."""
+    paths = StatePaths(os.path.abspath(state_dir), role)
+    pid = pid_of(paths.state_dir, role)
     if pid is not None:
         procfs.kill(pid, signal.SIGTERM)
         if _wait_exit([pid], timeout):
             procfs.kill(pid, signal.SIGKILL)
             _wait_exit([pid], 5.0)
-    names = netns_names if netns_names is not None else _lab_netns(paths)
-    _end_workloads(paths, names)
     _remove_stale(paths)
     return pid is not None
+
+
+def stop_agent(state_dir: str, timeout: float = 10.0,
+               netns_names: list[str] | None = None) -> bool:
+    """Stop the lab's agent, then its pod host (SIGTERM, SIGKILL after `timeout`); True
+    if either was running.
+
+    Then end what a killed pod host may have left: PIDs from the `pids` file that still
+    run inside one of the lab's namespaces (`netns_names`, default: those named in
+    workloads.json). Idempotent; call it before deleting the namespaces.
+    """
+    paths = StatePaths(os.path.abspath(state_dir))
+    was_agent = stop_role(paths.state_dir, "agent", timeout)
+    was_host = stop_role(paths.state_dir, "podhost", timeout)
+    names = netns_names if netns_names is not None else _lab_netns(paths)
+    _end_workloads(paths, names)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(paths.pids)
+    return was_agent or was_host
 
 
 def _lab_netns(paths: StatePaths) -> list[str]:
@@ -211,10 +252,10 @@ def _end_workloads(paths: StatePaths, netns_names: list[str]) -> list[int]:
 
 
 def _remove_stale(paths: StatePaths) -> None:
-    """Files a dead agent left behind (only when no agent is running)."""
-    if agent_pid(paths.state_dir) is not None:
+    """Files a dead agent or pod host left behind (only when none is running)."""
+    if pid_of(paths.state_dir, paths.role) is not None:
         return
-    for path in (paths.pids, paths.socket, paths.pidfile):
+    for path in (paths.socket, paths.pidfile):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
@@ -232,15 +273,18 @@ def kill_lab_processes(netns_names: list[str]) -> list[int]:
     return killed
 
 
-def request(state_dir: str, payload: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
-    """Send one JSON request line to the agent's control socket; return its JSON reply.
+def request(state_dir: str, payload: dict[str, Any], timeout: float = 2.0,
+            role: str = "agent") -> dict[str, Any]:
+    """Send one JSON request line to the agent's (or pod host's) control socket; return
+    its JSON reply.
 
-    Fails fast with a LabctlError when no agent answers: no socket, a dead socket, or
-    no complete reply within `timeout` seconds.
+    Fails fast with a LabctlError when nothing answers: no socket, a dead socket, or no
+    complete reply within `timeout` seconds.
     """
-    path = StatePaths(os.path.abspath(state_dir)).socket
+    path = StatePaths(os.path.abspath(state_dir), role).socket
+    agent = NAMES[role]
     if not os.path.exists(path):
-        raise LabctlError(f"no agent is running for {state_dir} ({path} does not exist)")
+        raise LabctlError(f"no {agent} is running for {state_dir} ({path} does not exist)")
     deadline = time.monotonic() + timeout
     data = b""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
@@ -255,20 +299,20 @@ def request(state_dir: str, payload: dict[str, Any], timeout: float = 2.0) -> di
                     break
                 data += chunk
         except (ConnectionRefusedError, FileNotFoundError) as e:
-            raise LabctlError(f"the agent for {state_dir} is not running "
+            raise LabctlError(f"the {agent} for {state_dir} is not running "
                               f"(its control socket {path} is dead)") from e
         except TimeoutError as e:
-            raise LabctlError(f"the agent for {state_dir} did not answer within "
+            raise LabctlError(f"the {agent} for {state_dir} did not answer within "
                               f"{timeout:g}s") from e
         except OSError as e:
-            raise LabctlError(f"cannot talk to the agent at {path}: {e}") from e
+            raise LabctlError(f"cannot talk to the {agent} at {path}: {e}") from e
     try:
         reply = json.loads(data)
     except ValueError as e:
-        raise LabctlError(f"the agent for {state_dir} sent no valid reply "
+        raise LabctlError(f"the {agent} for {state_dir} sent no valid reply "
                           f"({data[:80]!r})") from e
     if not isinstance(reply, dict):
-        raise LabctlError(f"the agent for {state_dir} sent an unexpected reply: {reply!r}")
+        raise LabctlError(f"the {agent} for {state_dir} sent an unexpected reply: {reply!r}")
     return reply
 
 
@@ -276,8 +320,9 @@ def status(state_dir: str, timeout: float = 2.0) -> dict[str, Any]:
     return request(state_dir, {"op": "status"}, timeout)
 
 
-def pod_states(state_dir: str, timeout: float = 2.0) -> dict[str, list[dict[str, Any]]] | None:
-    """Per pod key, its containers' states as the agent sees them; None without an agent."""
+def pod_states(state_dir: str, timeout: float = 2.0) -> dict[str, dict[str, Any]] | None:
+    """Per pod key, what the agent knows of it (status, ready, containers with their
+    states and restarts, creation time); None without an agent."""
     try:
         reply = request(state_dir, {"op": "pods"}, timeout)
     except LabctlError:

@@ -1,17 +1,24 @@
-"""Where an agent keeps its files inside a lab's state dir (pure)."""
+"""Where the agent and the pod host keep their files inside a lab's state dir (pure).
+
+Two processes serve a running lab: the agent (`agent.*`: the controller — probes,
+EndpointSlices, kube-proxy resyncs, apply/scale/delete) and the pod host (`podhost.*`:
+the containers — built-in echo servers, workload processes, the cluster DNS server).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-# The agent reports "ready <pid>" or "error <text>" on this inherited pipe fd.
+# A starting process reports "ready <pid>" or "error <text>" on this inherited pipe fd.
 READY_FD_ENV = "LABCTL_AGENT_READY_FD"
+ROLES = ("agent", "podhost")
 
 
 @dataclass(frozen=True)
 class StatePaths:
     state_dir: str
+    role: str = "podhost"
 
     @property
     def workloads(self) -> str:
@@ -19,20 +26,24 @@ class StatePaths:
 
     @property
     def pidfile(self) -> str:
-        return os.path.join(self.state_dir, "agent.pid")
+        return os.path.join(self.state_dir, f"{self.role}.pid")
 
     @property
     def logfile(self) -> str:
-        return os.path.join(self.state_dir, "agent.log")
+        return os.path.join(self.state_dir, f"{self.role}.log")
 
     @property
     def socket(self) -> str:
-        return os.path.join(self.state_dir, "agent.sock")
+        return os.path.join(self.state_dir, f"{self.role}.sock")
 
     @property
     def pids(self) -> str:
-        """Every workload PID the agent started and that is still running, one a line."""
+        """Every workload PID the pod host started and that is still running, one a line."""
         return os.path.join(self.state_dir, "pids")
+
+    @property
+    def events(self) -> str:
+        return os.path.join(self.state_dir, "events.log")
 
     @property
     def logs_dir(self) -> str:

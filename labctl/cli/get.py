@@ -14,18 +14,20 @@ KINDS = {"pods": "pods", "pod": "pods", "po": "pods", "nodes": "nodes", "node": 
          "endpointslice": "endpointslices"}
 
 
-def pod_columns(states: list[dict[str, Any]] | None, containers: int) -> tuple[str, str, int]:
-    """READY, STATUS, RESTARTS as kubectl shows them, from the agent's container states."""
-    if states is None:
-        return f"0/{containers}", "Unknown", 0
-    running = sum(1 for c in states if c.get("ready", c["state"] == "Running"))
-    waiting = [c["state"] for c in states if c["state"] != "Running"]
-    return (f"{running}/{containers}", waiting[0] if waiting else "Running",
-            sum(c["restarts"] for c in states))
+def pod_columns(info: dict[str, Any] | None, containers: int) -> tuple[str, str, int, float]:
+    """READY, STATUS, RESTARTS and creation time as kubectl shows them, from the agent's
+    view of the pod (None: no agent answered)."""
+    if info is None:
+        return f"0/{containers}", "Unknown", 0, 0.0
+    states = info.get("containers", [])
+    ready = sum(1 for c in states if c.get("ready"))
+    restarts = sum(int(c.get("restarts", 0)) for c in states)
+    return (f"{ready}/{containers}", str(info.get("status", "Unknown")), restarts,
+            float(info.get("created") or 0.0))
 
 
 def show(state: ClusterState, resource: str, fmt: str | None, namespace: str | None,
-         created: float, pod_states: dict[str, list[dict[str, Any]]] | None = None) -> str:
+         created: float, pod_states: dict[str, dict[str, Any]] | None = None) -> str:
     kind = KINDS[resource]
     in_ns = (lambda ns: True) if namespace is None else (lambda ns: ns == namespace)
     ns_col = namespace is None
@@ -39,9 +41,11 @@ def show(state: ClusterState, resource: str, fmt: str | None, namespace: str | N
             headers += ["IP", "NODE"]
         rows = []
         for p in pods:
-            ready, status, restarts = pod_columns(
+            ready, status, restarts, born = pod_columns(
                 None if pod_states is None else pod_states.get(p.key), len(p.spec.containers))
-            row = [p.name, ready, status, restarts, since]
+            if p.terminating:
+                status = "Terminating"
+            row = [p.name, ready, status, restarts, age(born) if born else since]
             if fmt == "wide":
                 row += [p.ip, p.node]
             rows.append(([p.namespace] if ns_col else []) + row)

@@ -113,6 +113,10 @@ def up(files: tuple[str, ...], dry_run: bool, tour: bool, quiet: bool) -> None:
         return
     print_warnings(result.warnings)
     st, t = result.state, result.timings
+    if result.adopted:
+        click.echo(f"lab {st.lab.name!r} was up but its agent had died: a new agent (pid "
+                   f"{result.agent_pid}) adopted it; nothing was rebuilt")
+        return
     total = sum(t.values())
     click.echo(f"lab {st.lab.name!r} is up: {len(st.nodes)} nodes, {len(st.pods)} pods, "
                f"{len(st.services)} services, proxy mode {st.lab.proxy_mode}")
@@ -180,7 +184,8 @@ def status() -> None:
         click.echo("no lab is up")
         return
     click.echo(table(["LAB", "STATUS", "NAMESPACES", "AGENT", "AGE", "FILES"], rows))
-    hints = {"AGENT-DEAD": "the agent died: `labctl down LAB` then `labctl up` again",
+    hints = {"AGENT-DEAD": "the agent died (traffic still flows): `labctl agent restart "
+                           "--lab LAB` adopts the lab",
              "BROKEN": "an `up` was killed halfway: run `labctl clean`",
              "LEFTOVER": "namespaces without a lab record: run `labctl clean`",
              "KERNEL-GONE": "its namespaces are gone (a reboot?): `labctl down LAB`, then up"}
@@ -219,13 +224,7 @@ def get(resource: str, fmt: str | None, namespace: str, all_namespaces: bool,
     lab = lifecycle.pick_lab(lab_name)
     rec = store.load(lab)
     state = store.state_of(lab)
-    states = (pod_states(store.state_dir(lab))
-              if KINDS[resource] in ("pods", "endpoints", "endpointslices") else None)
-    if states:  # the agent knows which pods are ready: endpoints follow it
-        from labctl.cluster.compile import with_readiness
-
-        ready = {key: all(c.get("ready", True) for c in cs) for key, cs in states.items()}
-        state = with_readiness(state, ready)
+    states = pod_states(store.state_dir(lab)) if KINDS[resource] == "pods" else None
     click.echo(show(state, resource, fmt, None if all_namespaces else namespace,
                     rec.created if rec else 0.0, states))
 
@@ -305,10 +304,13 @@ def logs(pod: str, container: str | None, namespace: str, follow: bool,
 from labctl.cli.apply import apply  # noqa: E402 - after cli exists
 from labctl.cli.dns import dns  # noqa: E402
 from labctl.cli.env import env  # noqa: E402
-from labctl.cli.live import break_, events, heal  # noqa: E402
+from labctl.cli.live import agent, break_, delete, events, heal, scale  # noqa: E402
 from labctl.cli.proxy import proxy, proxy_mode, rules  # noqa: E402
 
 cli.add_command(apply)
+cli.add_command(agent)
+cli.add_command(scale)
+cli.add_command(delete)
 cli.add_command(break_)
 cli.add_command(heal)
 cli.add_command(events)

@@ -60,6 +60,7 @@ class DnsServer:
         self._threads: list[threading.Thread] = []
         self._sockets: list[socket.socket] = []
         self._conns: set[socket.socket] = set()
+        self._retired: set[socket.socket] = set()  # sockets no longer served
         self._lock = threading.Lock()
         self._pending = 0
         self._pool = ThreadPoolExecutor(workers, "dns-upstream") if self.upstreams else None
@@ -89,6 +90,14 @@ class DnsServer:
         thread = threading.Thread(target=target, args=(sock,), name=name, daemon=True)
         self._threads.append(thread)
         thread.start()
+
+    def unserve(self, sock: socket.socket) -> None:
+        """Stop serving one socket (its pod is gone); the caller closes it."""
+        self._retired.add(sock)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        if sock in self._sockets:
+            self._sockets.remove(sock)
 
     def stop(self) -> None:
         self._stopping = True
@@ -143,7 +152,7 @@ class DnsServer:
             try:
                 data, addr = recvfrom(RECV_SIZE)
             except OSError:
-                if self._stopping:
+                if self._stopping or sock in self._retired:
                     return
                 time.sleep(0.001)  # e.g. ENOBUFS: do not spin
                 continue
@@ -154,7 +163,7 @@ class DnsServer:
                 except OSError:
                     pass
                 continue
-            if not data and self._stopping:
+            if not data and (self._stopping or sock in self._retired):
                 return
             self._udp_slow(sock, data, addr)
 
@@ -200,11 +209,11 @@ class DnsServer:
     # ------------------------------------------------------------------ TCP
 
     def _accept_loop(self, listener: socket.socket) -> None:
-        while not self._stopping:
+        while not self._stopping and listener not in self._retired:
             try:
                 conn, _addr = listener.accept()
             except OSError:
-                if self._stopping:
+                if self._stopping or listener in self._retired:
                     return
                 time.sleep(0.05)  # e.g. EMFILE
                 continue

@@ -47,8 +47,11 @@ def pod_files(state: ClusterState, node_resolv: str | None) -> dict[str, dict[st
     return out
 
 
-def write(state: ClusterState) -> None:
+def write(state: ClusterState, only: set[str] | None = None) -> None:
+    """Write every pod's files (or those of the pod namespaces in `only`)."""
     for ns, files in pod_files(state, host_resolv_conf()).items():
+        if only is not None and ns not in only:
+            continue
         folder = os.path.join(ETC_NETNS, ns)
         os.makedirs(folder, exist_ok=True)
         _mark(folder, state.lab.name)
@@ -93,6 +96,16 @@ def remove(lab: str) -> int:
                 os.unlink(os.path.join(REGISTRY, name))
             removed += 1
     return removed
+
+
+def remove_pods(lab: str, netns_names: set[str]) -> None:
+    """Drop the folders of these pod namespaces (pods that are gone), if the lab owns them."""
+    for name in netns_names:
+        folder = os.path.join(ETC_NETNS, name)
+        if owner_of(folder) == lab:
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(REGISTRY, name))
 
 
 def owners() -> set[str]:

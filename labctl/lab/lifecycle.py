@@ -14,13 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from labctl.agent import control
-from labctl.cluster.compile import compile_files
+from labctl.cluster.compile import compile_files, initial_readiness, with_readiness
 from labctl.cluster.state import ClusterState
 from labctl.errors import CapabilityError, Diagnostic, LabctlError, NotFoundError
 from labctl.lab import etcnetns, store
+from labctl.lab.converge import converge
 from labctl.lab.workloads import workloads_document
 from labctl.net import inventory
-from labctl.net.apply import apply_plan
 from labctl.plan.model import Plan
 from labctl.plan.render import render
 from labctl.proxy import sync
@@ -35,6 +35,7 @@ class UpResult:
     warnings: list[Diagnostic]
     timings: dict[str, float] = field(default_factory=dict)
     agent_pid: int = 0
+    adopted: bool = False  # the lab was up already; a new agent adopted it
 
 
 def prepare(paths: Sequence[str]) -> tuple[ClusterState, Plan, list[Diagnostic]]:
@@ -54,9 +55,16 @@ def check_capabilities(state: ClusterState) -> None:
 def up(paths: Sequence[str], progress: Progress | None = None) -> UpResult:
     t0 = time.perf_counter()
     state, plan, warnings = prepare(paths)
+    ready = initial_readiness(state)  # pods with readiness probes start not ready
+    state = with_readiness(state, ready)
     timings = {"compile": time.perf_counter() - t0}
     check_capabilities(state)
     lab = state.lab.name
+    rec0 = store.load(lab)
+    if (rec0 is not None and rec0.status == "up" and inventory.lab_namespaces().get(lab)
+            and control.agent_pid(store.state_dir(lab)) is None):
+        pid = restart_agent(lab)  # the lab runs on; only its agent died
+        return UpResult(store.state_of(lab), plan, warnings, {}, pid, adopted=True)
     with store.locked(lab):
         if store.load(lab) is not None or os.path.exists(store.state_dir(lab)):
             raise LabctlError(f"lab {lab!r} is already up; take it down first with "
@@ -65,17 +73,17 @@ def up(paths: Sequence[str], progress: Progress | None = None) -> UpResult:
         try:
             rec.namespaces = [ns.name for ns in plan.namespaces]
             store.save(rec)
+            done = converge(None, state, progress=progress)  # kernel, files, rules
+            timings.update(done.timings)
             t = time.perf_counter()
-            apply_plan(plan, progress)
-            timings["kernel"] = time.perf_counter() - t
-            t = time.perf_counter()
-            sync.sync_nodes(state)
-            etcnetns.write(state)  # resolv.conf and hosts, before any process starts
-            timings["rules"] = time.perf_counter() - t
-            t = time.perf_counter()
-            with open(os.path.join(store.state_dir(lab), "workloads.json"), "w") as f:
+            sdir = store.state_dir(lab)
+            now = time.time()
+            store.save_live(sdir, store.Live(
+                ready={k: False for k, v in ready.items() if not v},
+                created={p.key: now for p in state.pods}))
+            with open(os.path.join(sdir, "workloads.json"), "w") as f:
                 json.dump(workloads_document(state), f)
-            pid = control.start_agent(store.state_dir(lab))
+            pid = control.start_agent(sdir)  # it starts the pod host
             timings["agent"] = time.perf_counter() - t
         except BaseException:
             _teardown(lab, rec.namespaces)
@@ -83,6 +91,21 @@ def up(paths: Sequence[str], progress: Progress | None = None) -> UpResult:
         rec.status, rec.up_pid, rec.timings = "up", 0, timings
         store.save(rec)
     return UpResult(state, plan, warnings, timings, pid)
+
+
+def restart_agent(lab: str) -> int:
+    """A new agent for a running lab (the old one stopped if it still runs); it adopts
+    the lab without rebuilding it. Returns its PID."""
+    with store.locked(lab):
+        rec = store.load(lab)
+        if rec is None or rec.status != "up":
+            raise NotFoundError(f"lab {lab!r} is not up")
+        if not inventory.lab_namespaces().get(lab):
+            raise LabctlError(f"lab {lab!r} has no namespaces left (a reboot?): "
+                              f"`labctl down {lab}`, then `labctl up` again")
+        sdir = store.state_dir(lab)
+        control.stop_role(sdir, "agent")
+        return control.start_agent(sdir)
 
 
 def _teardown(lab: str, namespaces: list[str]) -> None:
@@ -167,33 +190,52 @@ def pick_lab(lab: str | None) -> str:
 
 def set_proxy_mode(lab: str, mode: str) -> tuple[str, dict[str, float]]:
     """Switch a running lab's kube-proxy mode: remove the old mode's rules from every
-    node, load the new mode's, remember the choice, and have the agent put pods'
-    readiness back. Returns (old mode, timings)."""
+    node, load the new mode's (with pods' readiness as it is), remember the choice.
+    Returns (old mode, timings per node)."""
+    with store.locked(lab):
+        if store.load(lab) is None:
+            raise NotFoundError(f"lab {lab!r} is not up")
+        return _switch_proxy_mode(lab, mode)
+
+
+def _switch_proxy_mode(lab: str, mode: str) -> tuple[str, dict[str, float]]:
     from dataclasses import replace
 
-    with store.locked(lab):
-        rec = store.load(lab)
-        if rec is None:
-            raise NotFoundError(f"lab {lab!r} is not up")
-        state = store.state_of(lab)
-        old = state.lab.proxy_mode
-        if old == mode:
-            return old, {}
-        new_state = replace(state, lab=replace(state.lab, proxy_mode=mode))
-        sync.check(new_state)
-        times: dict[str, float] = {}
-        for node in state.nodes:
-            t = time.perf_counter()
-            sync.cleanup_node(state, node.name, old)
-            times[node.name] = time.perf_counter() - t
-        for name, done in sync.sync_nodes(new_state).items():
-            times[name] += done.render_seconds + done.load_seconds
+    sdir = store.state_dir(lab)
+    state = store.state_of(lab)
+    old = state.lab.proxy_mode
+    if old == mode:
+        return old, {}
+    sync.check(replace(state, lab=replace(state.lab, proxy_mode=mode)))
+    if control.agent_pid(sdir) is not None:  # it syncs rules all the time: let it switch
+        reply = control.request(sdir, {"op": "proxy-mode", "mode": mode}, timeout=120.0)
+        if not reply.get("ok"):
+            raise LabctlError(f"the agent could not switch: {reply.get('error')}")
+        times = {k: float(v) for k, v in reply.get("seconds", {}).items()}
+    else:
+        times = switch_rules(state, mode)
+    rec = store.load(lab)
+    if rec is not None:
         rec.proxy_mode = mode
         store.save(rec)
-        if control.agent_pid(store.state_dir(lab)) is not None:
-            # the agent syncs incrementally from what it last loaded: start it afresh
-            control.request(store.state_dir(lab), {"op": "reload"}, timeout=30.0)
-        return old, times
+    return old, times
+
+
+def switch_rules(state: ClusterState, mode: str) -> dict[str, float]:
+    """Every node: the old mode's rules out, the new mode's in; save the new state.
+    Returns seconds per node."""
+    from dataclasses import replace
+
+    new_state = replace(state, lab=replace(state.lab, proxy_mode=mode))
+    times: dict[str, float] = {}
+    for node in state.nodes:
+        t = time.perf_counter()
+        sync.cleanup_node(state, node.name, state.lab.proxy_mode)
+        times[node.name] = time.perf_counter() - t
+    for name, done in sync.sync_nodes(new_state).items():
+        times[name] += done.render_seconds + done.load_seconds
+    store.save_state(store.state_dir(state.lab.name), new_state)
+    return times
 
 
 @dataclass
@@ -201,67 +243,95 @@ class ApplyResult:
     lab: str
     changes: list[tuple[str, str]]  # (kind/name, created | configured | deleted)
     synced: dict[str, float] = field(default_factory=dict)
-
-
-def _pod_view(state: ClusterState) -> dict[str, object]:
-    return {p.key: (p.node, p.ip, p.spec, dict(p.labels)) for p in state.pods}
+    pods: dict[str, list[str]] = field(default_factory=dict)  # created / terminating
+    proxy_mode: tuple[str, str] | None = None  # (old, new) when the mode changed
+    warnings: list[Diagnostic] = field(default_factory=list)
 
 
 def apply(lab: str, paths: Sequence[str], dry_run: bool = False) -> ApplyResult:
-    """Bring a running lab to new manifests (Services, their ports, selectors and
-    EndpointSlices), through the agent's resync path: each node gets kube-proxy's
-    partial sync and DNS answers the new names at once. Running pods keep the
-    environment they started with — the kubelet never updates it.
+    """Bring a running lab to new manifests, as `kubectl apply` does a cluster: the
+    agent compiles them (with what `scale` and `delete` did since), creates the new
+    pods, terminates the removed ones gracefully, syncs every node's rules and DNS —
+    the same converge path `up` takes. A changed spec.proxyMode switches the mode.
 
-    Changes to pods or workloads (and to the Lab document) are refused for now: they
-    need the agent's workload handling."""
+    Invalid files change nothing: every error is reported (exit 2). So does a file set
+    that cannot be placed (addresses run out). Running pods keep the environment they
+    started with, as with a kubelet — a Service created now is in DNS but not in their
+    env vars; a changed pod template makes new pods (Deployments: new names)."""
     from dataclasses import replace as dc_replace
 
     from labctl.agent.control import request
     from labctl.cluster.addons import with_addons
     from labctl.cluster.compile import compile_state
+    from labctl.cluster.diff import object_changes, pod_changes
+    from labctl.cluster.runtime import Runtime, object_key
     from labctl.model.load import load_topology
 
     with store.locked(lab):
-        old = store.state_of(lab)
-        topology, _warnings = load_topology(paths, lab_name=lab)
+        sdir = store.state_dir(lab)
+        current = store.state_of(lab)
+        topology, warnings = load_topology(paths, lab_name=lab)
         if topology.lab.name != lab:
             raise LabctlError(f"the files describe lab {topology.lab.name!r}, not {lab!r}")
-        new = compile_state(with_addons(topology), previous=old)
-        lab_now = dc_replace(old.lab, proxy_mode="", source=None)
-        lab_new = dc_replace(new.lab, proxy_mode="", source=None)
+        old_topology, _ = load_topology(store.manifest_copies(lab), lab_name=lab)
+        lab_now = dc_replace(old_topology.lab, proxy_mode="", source=None)
+        lab_new = dc_replace(topology.lab, proxy_mode="", source=None)
         if lab_now != lab_new:
             raise LabctlError("the Lab document changed (nodes or address ranges): that "
                               f"needs `labctl down {lab}` and `labctl up` again")
-        if new.lab.proxy_mode != store.files_proxy_mode(lab):
-            raise LabctlError(f"spec.proxyMode changed: use `labctl proxy-mode "
-                              f"{new.lab.proxy_mode}` to switch a running lab")
-        before, after = _pod_view(old), _pod_view(new)
-        if before != after:
-            moved = sorted(k for k in set(before) | set(after)
-                           if before.get(k) != after.get(k))
-            raise LabctlError(
-                f"these pods would change: {', '.join(moved[:5])}"
-                f"{' …' if len(moved) > 5 else ''}; applying pod and workload changes to a "
-                f"running lab is not supported yet (use `labctl down {lab}` and "
-                "`labctl up`); Services, ports, selectors and EndpointSlices can be applied")
-        old_svcs = {s.key: s for s in old.services}
-        new_svcs = {s.key: s for s in new.services}
-        changes = [(f"service/{k}", "created") for k in sorted(set(new_svcs) - set(old_svcs))]
-        changes += [(f"service/{k}", "configured") for k in sorted(set(new_svcs) & set(old_svcs))
-                    if new_svcs[k] != old_svcs[k]]
-        changes += [(f"service/{k}", "deleted") for k in sorted(set(old_svcs) - set(new_svcs))]
-        result = ApplyResult(lab, changes)
-        if dry_run or not changes:
+        live = store.load_live(sdir)
+        runtime = Runtime.from_json(live.runtime)
+        named = [object_key(kind, o.meta.namespace, o.meta.name)
+                 for kind, items in (("Pod", topology.pods), ("Deployment", topology.deployments),
+                                     ("StatefulSet", topology.statefulsets),
+                                     ("Service", topology.services),
+                                     ("EndpointSlice", topology.endpoint_slices))
+                 for o in items]
+        reset = _replicas_changed(old_topology, topology)
+        runtime = Runtime(replicas={k: v for k, v in runtime.replicas.items() if k not in reset},
+                          generations=runtime.generations, deleted=runtime.deleted,
+                          terminating=runtime.terminating).forget_deleted(named)
+        # the agent's compile, done here first: errors change nothing
+        new = compile_state(with_addons(topology), previous=current, runtime=runtime)
+        changes = object_changes(old_topology, topology)
+        created, deleted, changed = pod_changes(current, new)
+        gone = sorted(set(deleted) | set(changed))
+        result = ApplyResult(lab, changes, pods={"created": created, "terminating": gone},
+                             warnings=list(warnings))
+        mode_now = current.lab.proxy_mode
+        rec = store.load(lab)
+        mode_files = topology.lab.proxy_mode
+        if mode_files != old_topology.lab.proxy_mode and mode_files != mode_now:
+            result.proxy_mode = (mode_now, mode_files)
+            sync.check(dc_replace(new, lab=dc_replace(new.lab, proxy_mode=mode_files)))
+        if dry_run or not (changes or result.proxy_mode):
             return result
-        sdir = store.state_dir(lab)
         if control.agent_pid(sdir) is None:
-            raise LabctlError(f"lab {lab!r} has no running agent; `labctl down {lab}` and "
-                              "`labctl up` again")
-        request(sdir, {"op": "prepare-apply"}, timeout=30.0)
+            raise LabctlError(f"lab {lab!r} has no running agent; start one with "
+                              f"`labctl agent restart --lab {lab}` (or `labctl up`)")
         store.replace_manifests(lab, paths)
-        reply = request(sdir, {"op": "apply"}, timeout=60.0)
-        if not reply.get("ok"):
-            raise LabctlError(f"the agent could not apply: {reply.get('error')}")
-        result.synced = reply.get("synced", {})
+        if changes:
+            reply = request(sdir, {"op": "apply", "named": named, "resetReplicas": sorted(reset)},
+                            timeout=120.0)
+            if not reply.get("ok"):
+                raise LabctlError(f"the agent could not apply: {reply.get('error')}")
+            result.synced = reply.get("synced", {})
+        if result.proxy_mode and rec is not None:
+            _switch_proxy_mode(lab, mode_files)
         return result
+
+
+def _replicas_changed(old: object, new: object) -> set[str]:
+    """Workloads whose spec.replicas the new files change: `kubectl apply` sets them,
+    so what `labctl scale` set for them is forgotten."""
+    from labctl.cluster.runtime import object_key
+
+    def counts(t: object) -> dict[str, int]:
+        out = {}
+        for kind, items in (("Deployment", t.deployments), ("StatefulSet", t.statefulsets)):  # type: ignore[attr-defined]
+            for o in items:
+                out[object_key(kind, o.meta.namespace, o.meta.name)] = o.replicas
+        return out
+
+    before, after = counts(old), counts(new)
+    return {k for k, v in after.items() if before.get(k) != v}

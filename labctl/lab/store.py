@@ -8,13 +8,17 @@ without re-reading files the user may have edited since.
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import fcntl
 import json
 import os
+import pickle
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
 
 from labctl import names
 from labctl.cluster.state import ClusterState
@@ -22,6 +26,16 @@ from labctl.errors import LabctlError, NotFoundError
 
 RECORD = "lab.json"
 MANIFESTS = "manifests"
+STATE = "state.pickle"  # the ClusterState the lab runs now (readiness applied)
+LIVE = "live.json"  # what made it differ from the manifests: Runtime and readiness
+
+
+def _mapping(items: dict[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(items)
+
+
+# ClusterState's objects hold read-only mappings; pickle them as the dicts they wrap.
+copyreg.pickle(MappingProxyType, lambda m: (_mapping, (dict(m),)))
 
 
 @dataclass
@@ -121,16 +135,77 @@ def locked(lab: str, timeout: float = 30.0) -> Iterator[None]:
 
 
 def state_of(lab: str) -> ClusterState:
-    """Recompile the running lab's ClusterState from its saved manifests."""
-    from labctl.cluster.compile import compile_files
-
-    rec = load(lab)
-    if rec is None:
+    """The running lab's ClusterState as its agent last made it (pods as they are now,
+    EndpointSlices with their readiness)."""
+    if load(lab) is None:
         raise NotFoundError(f"lab {lab!r} is not up (no {record_path(lab)})")
-    state, _ = compile_files(manifest_copies(lab), lab_name=lab, addons=True)
-    if rec.proxy_mode:
+    return current_state(state_dir(lab))
+
+
+def compile_lab(lab: str, previous: ClusterState | None = None, runtime: Any = None,
+                files: Sequence[str] | None = None) -> ClusterState:
+    """Compile the lab's manifests (or `files`) with its add-ons, continuing `previous`
+    as `runtime` changed it, in the proxy mode `labctl proxy-mode` chose (if any)."""
+    from labctl.cluster.addons import with_addons
+    from labctl.cluster.compile import compile_state
+    from labctl.model.load import load_topology
+
+    topology, _warnings = load_topology(list(files or manifest_copies(lab)), lab_name=lab)
+    state = compile_state(with_addons(topology), previous=previous, runtime=runtime)
+    rec = load(lab)
+    if rec is not None and rec.proxy_mode:
         state = replace(state, lab=replace(state.lab, proxy_mode=rec.proxy_mode))
     return state
+
+
+def save_state(sdir: str, state: ClusterState) -> None:
+    """Record the ClusterState the lab runs now (atomically: readers see old or new)."""
+    path = os.path.join(sdir, STATE)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
+
+
+def current_state(sdir: str) -> ClusterState:
+    """The ClusterState saved in a lab's state dir (written by `up` and the agent)."""
+    path = os.path.join(sdir, STATE)
+    try:
+        with open(path, "rb") as f:
+            state = pickle.load(f)  # noqa: S301 - our own file, root-only directory
+    except FileNotFoundError:
+        raise LabctlError(f"{path} is missing: the lab's state is unknown; take it down "
+                          "and up again") from None
+    if not isinstance(state, ClusterState):
+        raise LabctlError(f"{path} does not hold a cluster state")
+    return state
+
+
+@dataclass
+class Live:
+    """live.json: what the agent keeps across its own restarts."""
+
+    runtime: dict[str, Any] = field(default_factory=dict)  # cluster.runtime.Runtime JSON
+    ready: dict[str, bool] = field(default_factory=dict)  # pods not ready: key → False
+    created: dict[str, float] = field(default_factory=dict)  # pod key → when it was made
+
+
+def save_live(sdir: str, live: Live) -> None:
+    path = os.path.join(sdir, LIVE)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(asdict(live), f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def load_live(sdir: str) -> Live:
+    try:
+        with open(os.path.join(sdir, LIVE)) as f:
+            data = json.load(f)
+        return Live(runtime=dict(data.get("runtime") or {}), ready=dict(data.get("ready") or {}),
+                    created=dict(data.get("created") or {}))
+    except (FileNotFoundError, ValueError, AttributeError):
+        return Live()
 
 
 def pid_alive(pid: int) -> bool:

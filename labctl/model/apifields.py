@@ -67,9 +67,11 @@ _PROBE_PORT_HINT = "add port: <number or container port name>"
 PROBE = struct(
     {
         "exec": struct({"command": STRINGS}),
-        "httpGet": struct({"path": STRING, "port": PORT_REF}, "host scheme httpHeaders",
-                          {"port": _PROBE_PORT_HINT}),
-        "tcpSocket": struct({"port": PORT_REF}, "host", {"port": _PROBE_PORT_HINT}),
+        "httpGet": struct({"path": STRING, "port": PORT_REF, "host": STRING, "scheme": STRING,
+                           "httpHeaders": ListOf(struct({"name": STRING, "value": STRING}, "",
+                                                        {"name": "add name: <header name>"}))},
+                          "", {"port": _PROBE_PORT_HINT}),
+        "tcpSocket": struct({"port": PORT_REF, "host": STRING}, "", {"port": _PROBE_PORT_HINT}),
         "grpc": struct({"port": PORT}, "service", {"port": "add port: <number>"}),
         "initialDelaySeconds": COUNT, "timeoutSeconds": COUNT, "periodSeconds": COUNT,
         "successThreshold": COUNT, "failureThreshold": COUNT,

@@ -81,9 +81,14 @@ def test_resolve_program_on_path(tmp_path):
 
 
 def test_state_paths():
-    p = StatePaths("/run/labctl/demo")
+    p = StatePaths("/run/labctl/demo", "agent")
     assert p.pidfile == "/run/labctl/demo/agent.pid"
     assert p.socket == "/run/labctl/demo/agent.sock"
-    assert p.pids == "/run/labctl/demo/pids"
+    h = StatePaths("/run/labctl/demo", "podhost")
+    assert h.pidfile == "/run/labctl/demo/podhost.pid"
+    assert h.socket == "/run/labctl/demo/podhost.sock"
+    assert h.logfile == "/run/labctl/demo/podhost.log"
+    assert p.pids == h.pids == "/run/labctl/demo/pids"
+    assert p.events == "/run/labctl/demo/events.log"
     assert log_path("/run/labctl/demo", "default", "web-abc", "web") == \
         "/run/labctl/demo/logs/default_web-abc_web.log"

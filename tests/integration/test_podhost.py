@@ -1,4 +1,4 @@
-"""The agent against real namespaces: echo over TCP/HTTP/UDP, a real process, stop, clean.
+"""The pod host against real namespaces: echo over TCP/HTTP/UDP, a real process, stop, clean.
 
 Throw-away namespaces (a client plus three pods) are joined by veth pairs from
 10.250.<n>.0/24; everything is made and deleted here, and nothing touches the host's
@@ -118,7 +118,7 @@ def write_workloads(d: str, data: dict) -> None:
 @pytest.fixture(scope="module")
 def agent(namespaces, state_dir):
     write_workloads(state_dir, WORKLOADS)
-    pid = control.start_agent(state_dir, timeout=30)
+    pid = control.start_podhost(state_dir, timeout=30)
     yield pid
 
 
@@ -161,13 +161,13 @@ def wait_for(pred, timeout: float = 10.0, step: float = 0.1):
 
 
 def test_agent_is_ready_and_reports_status(agent, state_dir):
-    assert control.agent_pid(state_dir) == agent
-    st = control.request(state_dir, {"op": "status"})
+    assert control.podhost_pid(state_dir) == agent
+    st = control.request(state_dir, {"op": "status"}, role="podhost")
     assert st["ok"] is True and st["pid"] == agent
     assert st["pods"] == 3
     assert st["listeners"] == 4  # web-1 8080/TCP + 5353/UDP, web-2 8080, web-2 fake 9090
     assert st["processes"] >= 1
-    assert control.request(state_dir, {"op": "nope"})["ok"] is False
+    assert control.request(state_dir, {"op": "nope"}, role="podhost")["ok"] is False
     assert os.listdir(f"/proc/{agent}/task") == [str(agent)]  # one thread serves it all
 
 
@@ -277,12 +277,12 @@ def test_stop_agent_ends_agent_and_processes(agent, state_dir):
         assert idle.recv(100) == b""  # the kept-alive connection was closed, not cut
     assert not procfs.alive(agent)
     assert not [p for p in pids if procfs.alive(p)]
-    assert control.agent_pid(state_dir) is None
-    for f in ("agent.pid", "agent.sock", "pids"):
+    assert control.podhost_pid(state_dir) is None
+    for f in ("podhost.pid", "podhost.sock", "pids"):
         assert not os.path.exists(os.path.join(state_dir, f))
     assert control.stop_agent(state_dir) is False  # idempotent
-    with pytest.raises(LabctlError, match="no agent is running"):
-        control.request(state_dir, {"op": "status"})
+    with pytest.raises(LabctlError, match="no pod host is running"):
+        control.request(state_dir, {"op": "status"}, role="podhost")
 
 
 @contextlib.contextmanager
@@ -301,12 +301,12 @@ def test_kill_lab_processes_after_agent_sigkill(namespaces, state_dir):
                                                   containers=WORKLOADS["pods"][2]["containers"][:1])]}
     write_workloads(state_dir, only_py)
     with subreaper():
-        pid = control.start_agent(state_dir, timeout=30)
+        pid = control.start_podhost(state_dir, timeout=30)
         workers = procfs.read_pids(os.path.join(state_dir, "pids"))
         assert len(workers) == 1
         os.kill(pid, signal.SIGKILL)
         assert wait_for(lambda: not procfs.alive(pid), timeout=5)
-        assert control.agent_pid(state_dir) is None
+        assert control.podhost_pid(state_dir) is None
         orphan = workers[0]
         assert procfs.alive(orphan), "the workload should outlive a SIGKILLed agent"
         killed = control.kill_lab_processes([PODS[1], PODS[2], PODS[3]])
@@ -317,7 +317,7 @@ def test_kill_lab_processes_after_agent_sigkill(namespaces, state_dir):
             os.waitpid(orphan, 0)
     assert control.kill_lab_processes([PODS[3]]) == []
     assert control.stop_agent(state_dir) is False
-    assert not os.path.exists(os.path.join(state_dir, "agent.pid"))
+    assert not os.path.exists(os.path.join(state_dir, "podhost.pid"))
 
 
 def test_stop_agent_ends_leftover_pids_after_sigkill(namespaces, state_dir):
@@ -325,7 +325,7 @@ def test_stop_agent_ends_leftover_pids_after_sigkill(namespaces, state_dir):
                                                   containers=WORKLOADS["pods"][2]["containers"][:1])]}
     write_workloads(state_dir, only_py)
     with subreaper():
-        pid = control.start_agent(state_dir, timeout=30)
+        pid = control.start_podhost(state_dir, timeout=30)
         workers = procfs.read_pids(os.path.join(state_dir, "pids"))
         os.kill(pid, signal.SIGKILL)
         assert wait_for(lambda: not procfs.alive(pid), timeout=5)
@@ -342,20 +342,20 @@ def test_bad_netns_fails_clearly_and_leaves_nothing(namespaces, state_dir):
         pod(3, "py", WORKLOADS["pods"][2]["containers"]),
         pod(1, "ghost", [{"name": "c", "ports": [{"port": 80}]}], ns=bad)]})
     with pytest.raises(LabctlError, match=f"not found.*{bad}.*default/ghost"):
-        control.start_agent(state_dir, timeout=30)
-    assert control.agent_pid(state_dir) is None
+        control.start_podhost(state_dir, timeout=30)
+    assert control.podhost_pid(state_dir) is None
     mine = [p for p in procfs.all_pids()
             if state_dir in procfs.cmdline(p) and procfs.alive(p)]
     assert not mine
-    assert not os.path.exists(os.path.join(state_dir, "agent.pid"))
+    assert not os.path.exists(os.path.join(state_dir, "podhost.pid"))
     assert not procfs.pids_in(procfs.named_ns_ids(list(PODS.values())))
 
 
 def test_start_timeout_leaves_nothing(namespaces, state_dir):
     write_workloads(state_dir, WORKLOADS)
     with pytest.raises(LabctlError, match="did not report ready within"):
-        control.start_agent(state_dir, timeout=0.05)
-    assert control.agent_pid(state_dir) is None
+        control.start_podhost(state_dir, timeout=0.05)
+    assert control.podhost_pid(state_dir) is None
     assert not [p for p in procfs.all_pids()
                 if state_dir in procfs.cmdline(p) and procfs.alive(p)]
     assert not procfs.pids_in(procfs.named_ns_ids(list(PODS.values())))
