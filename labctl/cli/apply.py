@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from labctl.cli.common import CONTEXT, handle_errors
+from labctl.cli.common import CONTEXT, handle_errors, print_warnings
 
 
 @click.command(context_settings=CONTEXT)
@@ -16,11 +16,14 @@ from labctl.cli.common import CONTEXT, handle_errors
 def apply(files: tuple[str, ...], dry_run: bool, lab_name: str | None) -> None:
     """Apply changed manifests to a running lab, like kubectl apply.
 
-    Services (new, changed, deleted; ports, selectors, types) and EndpointSlices are
-    applied through the agent: every node gets kube-proxy's partial sync and DNS answers
-    at once. Running pods keep the environment they started with, as with a kubelet —
-    a Service created now is in DNS but not in their env vars. Pod and workload changes
-    are refused for now (down and up again).
+    Everything can change: Services (ports, selectors, types), EndpointSlices, Pods,
+    Deployments and StatefulSets (replicas, templates), and spec.proxyMode. The agent
+    compiles the files — keeping what `labctl scale` and `labctl delete` did since —
+    and converges the lab the way `up` builds it: new pods get namespaces, addresses and
+    containers, removed or replaced pods terminate gracefully (endpoints first, then
+    SIGTERM), every node gets kube-proxy's partial sync and DNS answers at once. Invalid
+    files change nothing. Running pods keep the environment they started with, as with
+    a kubelet: a Service created now is in DNS but not in their env vars.
 
     \b
     Example:  labctl apply -f topologies/quickstart --dry-run
@@ -29,12 +32,26 @@ def apply(files: tuple[str, ...], dry_run: bool, lab_name: str | None) -> None:
 
     lab = lifecycle.pick_lab(lab_name)
     result = lifecycle.apply(lab, files, dry_run)
-    if not result.changes:
+    print_warnings(result.warnings)
+    if not result.changes and not result.proxy_mode:
         click.echo("no changes")
         return
     suffix = " (dry run)" if dry_run else ""
     for obj, verb in result.changes:
         click.echo(f"{obj} {verb}{suffix}")
+    for key in result.pods.get("created", []):
+        click.echo(f"  pod/{key.partition('/')[2]} to be created{suffix}" if dry_run
+                   else f"  pod/{key.partition('/')[2]} created")
+    for key in result.pods.get("terminating", []):
+        click.echo(f"  pod/{key.partition('/')[2]} to terminate{suffix}" if dry_run
+                   else f"  pod/{key.partition('/')[2]} terminating")
+    if result.proxy_mode:
+        old, new = result.proxy_mode
+        click.echo(f"proxy mode {old} → {new}{suffix}")
+    if dry_run and result.commands:
+        click.echo("kernel changes:")
+        for line in result.commands:
+            click.echo(f"  {line}")
     if result.synced:
         click.echo("rules resynced: " + ", ".join(f"{n} {ms} ms"
                                                  for n, ms in result.synced.items()))

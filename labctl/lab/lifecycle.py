@@ -246,6 +246,7 @@ class ApplyResult:
     pods: dict[str, list[str]] = field(default_factory=dict)  # created / terminating
     proxy_mode: tuple[str, str] | None = None  # (old, new) when the mode changed
     warnings: list[Diagnostic] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)  # the kernel change, as ip commands
 
 
 def apply(lab: str, paths: Sequence[str], dry_run: bool = False) -> ApplyResult:
@@ -304,12 +305,22 @@ def apply(lab: str, paths: Sequence[str], dry_run: bool = False) -> ApplyResult:
         if mode_files != old_topology.lab.proxy_mode and mode_files != mode_now:
             result.proxy_mode = (mode_now, mode_files)
             sync.check(dc_replace(new, lab=dc_replace(new.lab, proxy_mode=mode_files)))
+        if dry_run:
+            from labctl.plan.commands import diff_commands
+            from labctl.plan.diff import diff
+
+            result.commands = diff_commands(diff(render(current), render(new)))
         if dry_run or not (changes or result.proxy_mode):
             return result
         if control.agent_pid(sdir) is None:
             raise LabctlError(f"lab {lab!r} has no running agent; start one with "
                               f"`labctl agent restart --lab {lab}` (or `labctl up`)")
         store.replace_manifests(lab, paths)
+        from labctl.agent import events
+
+        for obj, verb in changes:
+            events.append(os.path.join(sdir, "events.log"), "Normal", verb.capitalize(), obj,
+                          f"{obj} {verb} by labctl apply")
         if changes:
             reply = request(sdir, {"op": "apply", "named": named, "resetReplicas": sorted(reset)},
                             timeout=120.0)

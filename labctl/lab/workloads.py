@@ -56,3 +56,14 @@ def workloads_document(state: ClusterState) -> dict[str, Any]:
     if stand_in:
         pods.append(stand_in)
     return {"lab": state.lab.name, "pods": pods}
+
+
+def carry_over(doc: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """`doc` with the entries of pods that already ran in `previous` kept as they were:
+    a running container keeps the environment it started with (the kubelet never
+    updates it), whatever Services came or went since."""
+    if not previous:
+        return doc
+    before = {(p.get("namespace"), p.get("name")): p for p in previous.get("pods", [])}
+    pods = [before.get((p["namespace"], p["name"]), p) for p in doc["pods"]]
+    return {**doc, "pods": pods}

@@ -1,4 +1,5 @@
-"""`labctl apply` of Service changes to a running lab, and the env-var pitfall it shows.
+"""`labctl apply` to a running lab: Services, workloads and pods change, traffic follows;
+bad files change nothing. And the env-var pitfall it shows.
 
 A Service created after a pod started is in DNS and reachable at once, but absent from
 that pod's environment (the kubelet sets Service variables only when a container
@@ -36,26 +37,26 @@ def test_apply_services_to_a_running_lab(tmp_path: Path) -> None:
         later = tmp_path / "later.yaml"
         later.write_text(base.read_text() + LATE)
         dry = labctl("apply", "-f", str(later), "--dry-run", "--lab", LAB).stdout
-        assert "service/default/late created (dry run)" in dry
+        assert "service/late created (dry run)" in dry
         assert dig("late.default.svc.cluster.local") == []  # nothing changed
 
         out = labctl("apply", "-f", str(later), "--lab", LAB).stdout
-        assert "service/default/late created" in out
+        assert "service/late created" in out
         vip = dig("late.default.svc.cluster.local")
         assert len(vip) == 1
         assert http_get(CLIENT, vip[0], 8000).pod.startswith("web-")
         env = env_of_client()
         assert any(v.startswith("WEB_SERVICE_HOST=") for v in env)
         assert not any(v.startswith("LATE_") for v in env)  # the pitfall: not in the env
-        assert "ServiceCreated" in labctl("events", "--lab", LAB).stdout
+        assert "service/late created by labctl apply" in labctl("events", "--lab", LAB).stdout
 
         changed = tmp_path / "changed.yaml"
         changed.write_text(later.read_text().replace("port: 8000", "port: 9000"))
-        assert "service/default/late configured" in labctl(
+        assert "service/late configured" in labctl(
             "apply", "-f", str(changed), "--lab", LAB).stdout
         assert http_get(CLIENT, vip[0], 9000).pod.startswith("web-")
 
-        assert "service/default/late deleted" in labctl(
+        assert "service/late deleted" in labctl(
             "apply", "-f", str(base), "--lab", LAB).stdout
         assert dig("late.default.svc.cluster.local") == []
         code, _ = connect_error(CLIENT, vip[0], 9000, timeout=1.0)
@@ -65,22 +66,84 @@ def test_apply_services_to_a_running_lab(tmp_path: Path) -> None:
         labctl("down", LAB)
 
 
-def test_apply_refuses_pod_changes_and_bad_files_and_changes_nothing(tmp_path: Path) -> None:
+def pod_names(prefix: str) -> list[str]:
+    out = labctl("get", "pods", "--lab", LAB).stdout.splitlines()[1:]
+    return sorted(line.split()[0] for line in out
+                  if line.startswith(prefix) and "Terminating" not in line)
+
+
+def answers(vip: str, port: int, count: int) -> set[str]:
+    return {http_get(CLIENT, vip, port).pod for _ in range(count)}
+
+
+STS = ("apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\nspec:\n"
+       "  replicas: 2\n  serviceName: db\n  selector: {matchLabels: {app: db}}\n"
+       "  template:\n    metadata: {labels: {app: db}}\n    spec:\n"
+       "      containers: [{name: db, ports: [{containerPort: 5432}]}]\n")
+DB_SVC = ("apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n"
+          "  clusterIP: None\n  selector: {app: db}\n  ports: [{port: 5432}]\n")
+
+
+def test_apply_workloads_and_pods_traffic_follows(tmp_path: Path) -> None:
     base = write_lab(tmp_path, LAB, BASE)
     labctl("up", str(base), "-q")
     try:
         vip = dig("web.default.svc.cluster.local")[0]
-        more = tmp_path / "more.yaml"
-        more.write_text(base.read_text().replace("replicas: 2", "replicas: 3"))
-        proc = labctl("apply", "-f", str(more), "--lab", LAB, check=False)
-        assert proc.returncode == 1 and "pods would change" in proc.stderr
-        bad = tmp_path / "bad.yaml"
-        bad.write_text(base.read_text().replace("port: 80,", "port: 80800,"))
-        proc = labctl("apply", "-f", str(bad), "--lab", LAB, check=False)
-        assert proc.returncode == 2 and "bad.yaml:" in proc.stderr
-        assert http_get(CLIENT, vip, 80).pod.startswith("web-")  # the lab is untouched
-        pods = labctl("get", "pods", "--lab", LAB).stdout
-        assert len(pods.splitlines()) == 1 + 3  # header, 2 web, client
+        before = pod_names("web-")
+        assert answers(vip, 80, 12) == set(before)
+
+        more = tmp_path / "more.yaml"  # replicas 2 → 3, plus a StatefulSet and a pod
+        more.write_text(base.read_text().replace("replicas: 2", "replicas: 3")
+                        + "---\n" + STS + "---\n" + DB_SVC + "---\n" + pod("extra"))
+        dry = labctl("apply", "-f", str(more), "--dry-run", "--lab", LAB).stdout
+        assert "deployment.apps/web configured (dry run)" in dry
+        assert "statefulset.apps/db created (dry run)" in dry
+        assert "ip netns add lc.it-apply.pod.default.db-0" in dry
+        assert pod_names("web-") == before  # a dry run changes nothing
+        out = labctl("apply", "-f", str(more), "--lab", LAB).stdout
+        assert "deployment.apps/web configured" in out and "pod/extra created" in out
+        three = pod_names("web-")
+        assert len(three) == 3 and set(before) < set(three)
+        assert answers(vip, 80, 24) == set(three)
+        assert sorted(dig("db.default.svc.cluster.local")) == sorted(
+            dig("db-0.db.default.svc.cluster.local") + dig("db-1.db.default.svc.cluster.local"))
+        assert len(dig("db-1.db.default.svc.cluster.local")) == 1
+
+        new_port = tmp_path / "template.yaml"  # a changed template: new pods, new names
+        new_port.write_text(more.read_text().replace("containerPort: 8080",
+                                                     "containerPort: 8081"))
+        labctl("apply", "-f", str(new_port), "--lab", LAB)
+        renamed = pod_names("web-")
+        assert len(renamed) == 3 and not set(renamed) & set(three)
+        assert answers(vip, 80, 24) == set(renamed)  # targetPort is named: it follows
+
+        labctl("apply", "-f", str(base), "--lab", LAB)  # back: db, extra and a web go
+        assert len(pod_names("web-")) == 2 and pod_names("db-") == [] and \
+            pod_names("extra") == []
+        assert dig("db.default.svc.cluster.local") == []
+        assert answers(vip, 80, 12) == set(pod_names("web-"))
     finally:
         labctl("down", LAB)
 
+
+def test_apply_bad_files_change_nothing(tmp_path: Path) -> None:
+    base = write_lab(tmp_path, LAB, BASE)
+    labctl("up", str(base), "-q")
+    try:
+        vip = dig("web.default.svc.cluster.local")[0]
+        before = pod_names("")
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(base.read_text().replace("port: 80,", "port: 80800,")
+                       .replace("replicas: 2", "replicas: -3"))
+        proc = labctl("apply", "-f", str(bad), "--lab", LAB, check=False)
+        assert proc.returncode == 2
+        assert proc.stderr.count("bad.yaml:") >= 2  # every error, each at its place
+        other = tmp_path / "other.yaml"
+        other.write_text(base.read_text().replace("nodes: [{name: node1}, {name: node2}]",
+                                                   "nodes: [{name: node1}]"))
+        proc = labctl("apply", "-f", str(other), "--lab", LAB, check=False)
+        assert proc.returncode == 1 and "Lab document changed" in proc.stderr
+        assert http_get(CLIENT, vip, 80).pod.startswith("web-")  # the lab is untouched
+        assert pod_names("") == before
+    finally:
+        labctl("down", LAB)
