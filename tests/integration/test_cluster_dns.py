@@ -257,7 +257,7 @@ def test_resolv_conf_is_the_kubelets(lab: DnsLab) -> None:
 def test_queries_are_answered_while_one_dns_replica_is_down(lab: DnsLab) -> None:
     replicas = sorted(n for (ns, n) in lab.pods if ns == "kube-system")
     down, up = replicas
-    labctl("break", "pod", down, "-n", "kube-system", "--readiness", "--lab", LAB)
+    labctl("break", "pod", down, "-n", "kube-system", "--readiness", "--wait", "--lab", LAB)
     try:
         node = lab.pods[("default", "client")]["spec"]["nodeName"]
         netns_exec(f"lc.{LAB}.node.{node}", ["conntrack", "-D", "-p", "udp", "--dport", "53"])
@@ -268,4 +268,4 @@ def test_queries_are_answered_while_one_dns_replica_is_down(lab: DnsLab) -> None
         assert f"src={lab.ip('kube-system', down)} " not in out
         assert f"src={lab.ip('kube-system', up)} " in out
     finally:
-        labctl("heal", "pod", down, "-n", "kube-system", "--lab", LAB)
+        labctl("heal", "pod", down, "-n", "kube-system", "--wait", "--lab", LAB)

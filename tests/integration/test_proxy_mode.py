@@ -55,12 +55,12 @@ def test_switching_modes_keeps_a_not_ready_pod_out(tmp_path: Path) -> None:
         svc = next(s for s in json.loads(labctl("get", "svc", "-o", "json", "--lab",
                                                 lab).stdout)["items"]
                    if s["metadata"]["name"] == "web")
-        labctl("break", "pod", web[0], "--readiness", "--lab", lab)
+        labctl("break", "pod", web[0], "--readiness", "--wait", "--lab", lab)
         labctl("proxy-mode", "nftables", "--lab", lab)
         client = f"lc.{lab}.pod.default.client"
         seen = {http_get(client, svc["spec"]["clusterIP"], 80).pod for _ in range(20)}
         assert seen == {web[1]}
-        labctl("heal", "pod", web[0], "--lab", lab)  # an incremental sync in the new mode
+        labctl("heal", "pod", web[0], "--wait", "--lab", lab)  # an incremental sync in the new mode
         seen = {http_get(client, svc["spec"]["clusterIP"], 80).pod for _ in range(30)}
         assert seen == set(web)
     finally:

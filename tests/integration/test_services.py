@@ -135,7 +135,7 @@ def test_internal_traffic_policy_local_stays_on_the_node(lab: Lab) -> None:
 def test_a_pod_that_is_not_ready_leaves_its_services(lab: Lab) -> None:
     victim = sorted(lab.web_pods())[0]
     victim_ip = lab.pods[victim]["status"]["podIP"]
-    out = labctl("break", "pod", victim, "--readiness", "--lab", lab.name).stdout
+    out = labctl("break", "pod", victim, "--readiness", "--wait", "--lab", lab.name).stdout
     try:
         assert "not ready" in out
         for node in lab.nodes:  # no node's rules send traffic to it any more
@@ -150,7 +150,7 @@ def test_a_pod_that_is_not_ready_leaves_its_services(lab: Lab) -> None:
         eps = labctl("get", "endpoints", "--lab", lab.name).stdout
         assert victim_ip not in next(ln for ln in eps.splitlines() if ln.startswith("web "))
     finally:
-        labctl("heal", "pod", victim, "--lab", lab.name)
+        labctl("heal", "pod", victim, "--wait", "--lab", lab.name)
     rules = labctl("rules", "node1", "--service", "default/web", "--lab", lab.name).stdout
     assert victim_ip in rules
     assert victim in spread(lab.ns("client"), lab.vip("web"), 80, 40)
