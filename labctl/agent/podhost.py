@@ -329,6 +329,8 @@ class PodHost:
                                          float(req.get("drain", 0)))
         if op in ("restart", "crash"):
             runner = self.runner(req)
+            if runner is None and op == "crash" and not req.get("on", True):
+                return {"ok": True}  # nothing to heal: e.g. the cluster DNS container
             if runner is None:
                 return {"ok": False, "error": f"no container {req.get('container')!r} in "
                                               f"pod {req.get('pod')!r}", "notfound": True}
