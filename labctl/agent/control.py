@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from labctl.agent import procfs
-from labctl.agent.paths import READY_FD_ENV, StatePaths, log_path
+from labctl.agent.paths import PODHOST_STARTING_ENV, READY_FD_ENV, StatePaths, log_path
 from labctl.agent.workloads import load
 from labctl.errors import LabctlError
 
@@ -90,12 +90,38 @@ def start_podhost(state_dir: str, timeout: float = 30.0) -> int:
     return start(state_dir, "podhost", timeout)
 
 
+def start_lab(state_dir: str, timeout: float = 60.0) -> int:
+    """Start a new lab's pod host and agent at once (their start-ups overlap: the agent
+    waits for the pod host's socket instead of starting one). Returns the agent's PID;
+    on failure neither is left running."""
+    host = _spawn(state_dir, "podhost")
+    try:
+        agent = _spawn(state_dir, "agent", {PODHOST_STARTING_ENV: "1"})
+    except BaseException:
+        _finish(host, timeout)
+        raise
+    try:
+        _finish(host, timeout)
+    except BaseException:
+        _abort(agent[0], agent[1], signal_now=True)
+        os.close(agent[2])
+        raise
+    return _finish(agent, timeout)
+
+
 def start(state_dir: str, role: str, timeout: float = 30.0) -> int:
     """Start the lab's agent or pod host detached; return its PID once it reported ready.
 
     On failure or timeout raise LabctlError with the process's own error text, after
     making sure it (and any workload it started) is not left running.
     """
+    return _finish(_spawn(state_dir, role), timeout)
+
+
+Spawned = tuple[StatePaths, subprocess.Popen, int]
+
+
+def _spawn(state_dir: str, role: str, extra_env: dict[str, str] | None = None) -> Spawned:
     state_dir = os.path.abspath(state_dir)
     paths = StatePaths(state_dir, role)
     name = NAMES[role]
@@ -108,6 +134,7 @@ def start(state_dir: str, role: str, timeout: float = 30.0) -> int:
     env = dict(os.environ)
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+    env.update(extra_env or {})
     r, w = os.pipe()
     env[READY_FD_ENV] = str(w)
     try:
@@ -122,9 +149,16 @@ def start(state_dir: str, role: str, timeout: float = 30.0) -> int:
     finally:
         os.close(w)
     _children[proc.pid] = proc
+    return paths, proc, r
+
+
+def _finish(spawned: Spawned, timeout: float) -> int:
+    """Wait for a spawned process's "ready"; its PID, or a LabctlError after it is gone."""
+    paths, proc, r = spawned
+    name = NAMES[paths.role]
     try:
         status, text = _read_ready(r, timeout)
-    except BaseException:  # Ctrl-C while waiting: the half-started agent must go too
+    except BaseException:  # Ctrl-C while waiting: the half-started process must go too
         _abort(paths, proc, signal_now=True)
         raise
     finally:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from labctl.agent import control, events
-from labctl.agent.paths import READY_FD_ENV, StatePaths
+from labctl.agent.paths import PODHOST_STARTING_ENV, READY_FD_ENV, StatePaths
 from labctl.agent.probing import PodProbes
 from labctl.cluster.compile import with_readiness
 from labctl.cluster.runtime import Runtime
@@ -154,10 +154,17 @@ class Agent:
         except ValueError as e:
             raise LabctlError(f"{store.LIVE}: {e}") from e
         self.created = {k: float(v) for k, v in live.created.items()}
+        # the readiness the saved state (and so the kernel's rules) was made with: `up`
+        # saves the pods that start not ready; an adopting agent resyncs in full anyway
+        self.last_ready = {k: False for k, v in live.ready.items() if not v}
         self.base = with_readiness(self.state, {})
-        self.adopted = control.podhost_pid(self.state_dir) is not None
-        if not self.adopted:
-            await asyncio.to_thread(control.start_podhost, self.state_dir)
+        if os.environ.pop(PODHOST_STARTING_ENV, ""):  # `up` starts it alongside us
+            self.adopted = False
+            await self.wait_for_podhost(60.0)
+        else:
+            self.adopted = control.podhost_pid(self.state_dir) is not None
+            if not self.adopted:
+                await asyncio.to_thread(control.start_podhost, self.state_dir)
         await self.open_control()
         self.containers = await self.relist()
         now = time.time()
@@ -167,6 +174,18 @@ class Agent:
         if self.adopted:
             await self.adopt()
         self.save_live()
+
+    async def wait_for_podhost(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self.podhost_call({"op": "status"}, 5.0)
+                return
+            except LabctlError as e:
+                if time.monotonic() > deadline:
+                    raise LabctlError(f"the pod host did not come up within {timeout:g}s "
+                                      f"({e})") from e
+                await asyncio.sleep(0.02)
 
     async def adopt(self) -> None:
         """A new agent for a running lab: load every node's rules in full (whatever the
@@ -242,7 +261,6 @@ class Agent:
         done = converge(kernel_from, new, previous, kernel=kernel_from is not None) \
             if kernel_from is not None else converge(self.state, new, previous, kernel=False)
         self.syncs = done.syncs
-        self.last_ready = ready
         changed_eps = self._endpoint_changes(self.state, new)
         self.state = new
         synced = {}
@@ -255,7 +273,13 @@ class Agent:
             self.event(*msg)
         log.info("resync in %.1f ms", (time.perf_counter() - t) * 1000)
         self.save_live()
-        self.spawn(self.podhost_call({"op": "dns"}, 10.0))
+        # DNS answers from the state file converge just saved; once it has reloaded,
+        # the rules and DNS both show this readiness (what `--wait` waits for).
+        try:
+            await self.podhost_call({"op": "dns"}, 10.0)
+        except LabctlError as e:
+            log.error("DNS reload: %s", e)
+        self.last_ready = ready
         return synced
 
     @staticmethod
@@ -422,9 +446,15 @@ class Agent:
                                    f"{c.get('lastExit')}; restartPolicy says no restart")
 
     def write_workloads(self, base: ClusterState) -> None:
+        """workloads.json for a pod host that starts afresh: the pods that run, each
+        with the environment it started with (carried over from the file)."""
+        from labctl.lab.workloads import carry_over
+
         doc = workloads_document(replace(base, pods=tuple(p for p in base.pods
                                                           if not p.terminating)))
         path = os.path.join(self.state_dir, "workloads.json")
+        with contextlib.suppress(OSError, ValueError), open(path) as f:
+            doc = carry_over(doc, json.load(f))
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
             json.dump(doc, f)
@@ -491,10 +521,15 @@ class Agent:
         removed = [k for k in before if k not in after]
         newly_terminating = [k for k, p in after.items()
                              if p.terminating and not before.get(k, p).terminating]
+        # A pod that finished terminating and comes back under its name (a
+        # StatefulSet's) is a new pod in the namespace the old one left: the pod host
+        # has removed the old one's containers, so it starts them again.
+        revived = [k for k, p in after.items()
+                   if k in before and before[k].terminating and not p.terminating]
         self.runtime = new_runtime
-        self.starting.update(added)
+        self.starting.update(added + revived)
         now = time.time()
-        for k in added:
+        for k in added + revived:
             self.created[k] = now
         self.base = new_base
         for k in removed + newly_terminating:
@@ -504,16 +539,17 @@ class Agent:
         synced = await self.resync(kernel_from=old_base)
         self.write_workloads(new_base)
         # 2. their containers, then their readiness
-        if added:
-            for k in added:
+        started = added + revived
+        if started:
+            for k in started:
                 self.event("Normal", "Scheduled", f"pod/{k}",
                            f"assigned to {after[k].node}, IP {after[k].ip}")
             try:
-                await self.podhost_add(added, new_base)
+                await self.podhost_add(started, new_base)
             finally:
-                self.starting.difference_update(added)
+                self.starting.difference_update(started)
             self.containers = await self.relist()
-            for k in added:
+            for k in started:
                 self.start_probes(after[k])
             synced = await self.resync()
         for k in removed:
@@ -524,6 +560,7 @@ class Agent:
             self.terminate_later(k, grace.get(
                 k, float(after[k].spec.termination_grace_period_seconds)))
         return {"synced": synced, "added": sorted(added), "removed": sorted(removed),
+                "recreated": sorted(revived),
                 "terminating": sorted(newly_terminating),
                 "ms": round((time.perf_counter() - t) * 1000, 1)}
 

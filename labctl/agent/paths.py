@@ -13,6 +13,9 @@ from dataclasses import dataclass
 # A starting process reports "ready <pid>" or "error <text>" on this inherited pipe fd.
 READY_FD_ENV = "LABCTL_AGENT_READY_FD"
 ROLES = ("agent", "podhost")
+# Set for an agent whose pod host is being started alongside it (`up`): it waits for
+# the pod host's socket rather than starting one.
+PODHOST_STARTING_ENV = "LABCTL_PODHOST_STARTING"
 
 
 @dataclass(frozen=True)

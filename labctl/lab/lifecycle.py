@@ -83,7 +83,7 @@ def up(paths: Sequence[str], progress: Progress | None = None) -> UpResult:
                 created={p.key: now for p in state.pods}))
             with open(os.path.join(sdir, "workloads.json"), "w") as f:
                 json.dump(workloads_document(state), f)
-            pid = control.start_agent(sdir)  # it starts the pod host
+            pid = control.start_lab(sdir)  # the pod host and the agent, side by side
             timings["agent"] = time.perf_counter() - t
         except BaseException:
             _teardown(lab, rec.namespaces)
