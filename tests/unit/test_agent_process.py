@@ -97,3 +97,73 @@ def test_stop_terms_then_kills_a_process_that_ignores_sigterm(tmp_path):
     assert not procfs.alive(pid) and not pids
     assert "did not stop within 0.3s: killed" in (tmp_path / "c.log").read_text()
     assert not os.path.exists(f"/proc/{pid}") or procfs.state(pid) in (None, "Z")
+
+
+class FakeContainer(process.Runner):
+    """A container whose instances run until ended: the Runner's life cycle alone."""
+
+    def __init__(self, tmp_path, policy="Always"):
+        super().__init__("default/p/c", str(tmp_path / "c.log"), policy)
+        self.launches = 0
+        self._ended: asyncio.Future[int] | None = None
+
+    async def _launch(self):
+        self.launches += 1
+        self._ended = asyncio.get_running_loop().create_future()
+
+    async def _wait(self):
+        assert self._ended is not None
+        return await self._ended
+
+    async def _terminate(self, grace, drain=0.0):
+        if self._ended and not self._ended.done():
+            self._ended.set_result(0)
+
+    def _kill_now(self):
+        if self._ended and not self._ended.done():
+            self._ended.set_result(process.CRASH_EXIT if self.crashing else -9)
+
+
+async def _until(pred, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not pred() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return pred()
+
+
+def test_crash_mode_loops_with_backoff_until_healed(tmp_path):
+    async def main():
+        c = FakeContainer(tmp_path)
+        await c.start()
+        assert c.state() == "Running"
+        c.crash(True)
+        assert await _until(lambda: c.state() == "CrashLoopBackOff")
+        assert c.last_exit == process.CRASH_EXIT and "crashed" in c.last_reason
+        assert await _until(lambda: c.restarts >= 1 and c.state() == "CrashLoopBackOff")
+        c.crash(False)  # healed: starts again now, not after the back-off
+        assert await _until(lambda: c.state() == "Running", timeout=1.0)
+        await c.stop()
+        return c
+
+    c = asyncio.run(main())
+    log = (tmp_path / "c.log").read_text()
+    assert "restarting in 1s" in log and "restarting in 2s" in log
+    assert c.state() == "Completed"
+
+
+def test_liveness_restart_counts_and_never_policy_stops(tmp_path):
+    async def main():
+        c = FakeContainer(tmp_path)
+        await c.start()
+        await c.restart("liveness probe failed")
+        assert await _until(lambda: c.restarts == 1 and c.state() == "Running")
+        n = FakeContainer(tmp_path, "Never")
+        await n.start()
+        await n.restart("liveness probe failed")
+        assert await _until(lambda: n.state() == "Completed")
+        await c.stop()
+        return c, n
+
+    c, n = asyncio.run(main())
+    assert c.launches == 2 and n.launches == 1
+    assert "liveness probe failed" in (tmp_path / "c.log").read_text()
