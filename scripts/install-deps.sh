@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 
-pkgs=(iproute2 iptables nftables conntrack ipset tcpdump iputils-ping curl netcat-openbsd
+pkgs=(iproute2 iptables nftables conntrack ipset ipvsadm tcpdump iputils-ping curl netcat-openbsd
       procps kmod dnsutils python3-venv)
 [ "${BENCH:-0}" = 1 ] && pkgs+=(mininet bridge-utils dnsperf dnsmasq-base)
 

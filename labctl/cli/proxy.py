@@ -10,7 +10,10 @@ from labctl.cli.common import CONTEXT, handle_errors
 from labctl.cli.output import err
 from labctl.errors import LabctlError
 
-RENDER_MODES = ("iptables", "nftables")
+RENDER_MODES = ("iptables", "nftables", "ipvs")
+# ipvs_render.SCHEDULERS (not imported here: it would slow every command's start)
+SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo",
+              "ovf", "mh", "twos")
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -26,7 +29,8 @@ def _split(value: str) -> tuple[str, ...]:
 def rules(node: str, service: str | None, lab_name: str | None) -> None:
     """Show the rules kube-proxy installed in NODE, read back from the kernel.
 
-    iptables mode prints `iptables-save` of the node; nftables mode `nft list ruleset`.
+    iptables mode prints `iptables-save` of the node; nftables mode `nft list ruleset`;
+    ipvs mode `ipvsadm -Ln`, kube-ipvs0's addresses, `ipset save` and `iptables-save`.
 
     \b
     Examples:
@@ -41,6 +45,11 @@ def rules(node: str, service: str | None, lab_name: str | None) -> None:
     if node not in [n.name for n in state.nodes]:
         raise LabctlError(f"no node named {node!r}; nodes: "
                           f"{', '.join(n.name for n in state.nodes)}")
+    if state.lab.proxy_mode == "ipvs":
+        from labctl.cli.ipvs_view import show_ipvs_rules
+
+        click.echo(show_ipvs_rules(state, node, service), nl=False)
+        return
     click.echo(show_rules(state, node, service), nl=False)
 
 
@@ -65,22 +74,29 @@ def proxy() -> None:
 @click.option("--masquerade-all", is_flag=True, help="SNAT all traffic to ClusterIPs.")
 @click.option("--no-localhost-nodeports", is_flag=True,
               help="Do not accept NodePort traffic to 127.0.0.1 (iptables mode).")
+@click.option("--ipvs-scheduler", default="rr", show_default=True,
+              type=click.Choice(SCHEDULERS),
+              help="IPVS scheduler of every virtual server (ipvs mode).")
 @handle_errors
 def render(files: tuple[str, ...], mode: str, node_name: str, node_ips: str, cluster_cidr: str,
            service_cidr: str, nodeport_addresses: str, masquerade_all: bool,
-           no_localhost_nodeports: bool) -> None:
+           no_localhost_nodeports: bool, ipvs_scheduler: str) -> None:
     """Print what kube-proxy would load for the Services and EndpointSlices in FILES.
 
     One full sync from empty state: the `iptables-restore` input (both tables) or the
-    `nft -f` input, with kube-proxy's chain names, comments and rule order. EndpointSlices
+    `nft -f` input, with kube-proxy's chain names, comments and rule order. ipvs mode
+    prints kube-ipvs0's addresses, the virtual and real servers (`ipvsadm-save -n`
+    format), the `ipset restore` input and the `iptables-restore` input. EndpointSlices
     are derived from Pods and selectors when the files give none; ClusterIPs and
     NodePorts are taken as written (allocated when missing), LoadBalancer IPs from
     status.loadBalancer.ingress.
 
     \b
-    Example:
+    Examples:
       labctl proxy render --mode nftables --node-name node1 --node-ip 172.18.0.2 \\
           --cluster-cidr 10.244.0.0/16 svc.yaml
+      labctl proxy render --mode ipvs --node-name node1 --node-ip 172.18.0.2,10.244.0.1 \\
+          --cluster-cidr 10.244.0.0/16 --ipvs-scheduler wrr svc.yaml
     """
     from labctl.cluster.compile import compile_files
     from labctl.proxy import base
@@ -95,12 +111,17 @@ def render(files: tuple[str, ...], mode: str, node_name: str, node_ips: str, clu
     config = base.ProxyConfig(
         node_name=node_name, node_ips=_split(node_ips), cluster_cidr=cluster_cidr,
         service_cidr=service_cidr, nodeport_addresses=_split(nodeport_addresses),
-        masquerade_all=masquerade_all, localhost_nodeports=not no_localhost_nodeports)
+        masquerade_all=masquerade_all, localhost_nodeports=not no_localhost_nodeports,
+        ipvs_scheduler=ipvs_scheduler)
     inp = base.build_input(config, services, state.endpoint_slices)
     if mode == "iptables":
         from labctl.proxy import iptables
 
         click.echo(iptables.render(inp).payload(), nl=False)
+    elif mode == "ipvs":
+        from labctl.proxy import ipvs
+
+        click.echo(ipvs.render(inp).payload(), nl=False)
     else:
         from labctl.proxy import nftables
 
@@ -113,7 +134,8 @@ def render(files: tuple[str, ...], mode: str, node_name: str, node_ips: str, clu
 @handle_errors
 def proxy_mode(mode: str, lab_name: str | None) -> None:
     """Switch a running lab's kube-proxy to MODE: the old rules are removed from every
-    node and the new ones loaded; pods and connections stay.
+    node and the new ones loaded; pods and connections stay. ipvs needs a kernel with
+    IPVS (checked first: nothing changes when it is missing).
 
     \b
     Example:  labctl proxy-mode nftables

@@ -33,6 +33,7 @@ class ProxyConfig:
     masquerade_all: bool = False  # --masquerade-all
     localhost_nodeports: bool = True  # --iptables-localhost-nodeports
     masquerade_bit: int = MASQUERADE_BIT
+    ipvs_scheduler: str = "rr"  # --ipvs-scheduler (IPVS mode only)
 
     @property
     def masquerade_mark(self) -> str:
@@ -303,10 +304,13 @@ def build_input(config: ProxyConfig, services: Iterable[ServiceState],
 
 
 def config_for_node(state: ClusterState, node_name: str) -> ProxyConfig:
-    """The flags a lab's kube-proxy on `node_name` runs with (kind/kubeadm-like)."""
+    """The flags a lab's kube-proxy on `node_name` runs with (kind/kubeadm-like). The
+    node's addresses are its node-network IP (first: the node IP) and its cni0
+    gateway, as kube-proxy would find them on the node's interfaces."""
     node = state.node(node_name)
-    return ProxyConfig(node_name=node.name, node_ips=(node.ip,),
-                       cluster_cidr=state.lab.pod_cidr, service_cidr=state.lab.service_cidr)
+    return ProxyConfig(node_name=node.name, node_ips=(node.ip, node.pod_gateway),
+                       cluster_cidr=state.lab.pod_cidr, service_cidr=state.lab.service_cidr,
+                       ipvs_scheduler=getattr(state.lab, "ipvs_scheduler", "") or "rr")
 
 
 def input_for_node(state: ClusterState, node_name: str) -> ProxyInput:

@@ -5,10 +5,15 @@ payload (nothing loaded yet: previous=None) or, given the previous sync's NodeSy
 partial one kube-proxy would send. A partial sync costs what changed, not the cluster:
 build_input reuses the ServicePorts of Services whose objects did not change, and the
 mode's render_update re-renders only the others and diffs only them.
+
+IPVS mode loads more than one payload per node (kube-ipvs0's addresses, ipsets, IPVS
+virtual and real servers, iptables): its sync is an `ipvs.IpvsUpdate` that net/ipvs
+applies; the text recorded for it is the update's text view.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +23,7 @@ from labctl.errors import CapabilityError
 from labctl.net import netfilter
 from labctl.proxy import base
 
-RENDERED_MODES = ("iptables", "nftables")
+RENDERED_MODES = ("iptables", "nftables", "ipvs")
 
 
 @dataclass
@@ -33,6 +38,9 @@ class NodeSync:
     full: bool
     inp: base.ProxyInput | None = None  # what `ruleset` was rendered from
     payload: str = ""  # what was loaded
+    # IPVS: real servers removed while they had connections, left at weight 0; the
+    # next sync deletes those whose connections have ended.
+    draining: tuple[Any, ...] = ()
 
 
 def _check_mode(mode: str) -> None:
@@ -47,6 +55,10 @@ def _render(inp: base.ProxyInput, mode: str) -> Any:
         from labctl.proxy import iptables
 
         return iptables.render(inp)
+    if mode == "ipvs":
+        from labctl.proxy import ipvs
+
+        return ipvs.render(inp)
     from labctl.proxy import nftables
 
     return nftables.render(inp)
@@ -67,7 +79,23 @@ def render_sync(state: ClusterState, node: str, mode: str, previous: Previous = 
 
     previous: None for a node with nothing loaded (a full first load), else the node's
     last NodeSync (or an (input, ruleset) pair; input may be None: then nothing is
-    reused from it). A previous sync of another mode counts as nothing loaded."""
+    reused from it). A previous sync of another mode counts as nothing loaded.
+
+    IPVS mode: the payload is text for the record — `rs.payload()` on a first load,
+    the update's text afterwards; `render_ipvs_sync` gives the update itself."""
+    inp, rs, payload, _update = _render_sync(state, node, mode, previous)
+    return inp, rs, payload
+
+
+def render_ipvs_sync(state: ClusterState, node: str, previous: Previous = None,
+                     ) -> tuple[base.ProxyInput, Any, str, Any]:
+    """render_sync for IPVS mode, with the `ipvs.IpvsUpdate` to apply (on a first load
+    its iptables input has kube-proxy's chains and jumps folded in)."""
+    return _render_sync(state, node, "ipvs", previous)
+
+
+def _render_sync(state: ClusterState, node: str, mode: str, previous: Previous,
+                 ) -> tuple[base.ProxyInput, Any, str, Any]:
     prev_inp, prev_rs = None, None
     if isinstance(previous, NodeSync):
         if previous.mode == mode:
@@ -86,16 +114,27 @@ def render_sync(state: ClusterState, node: str, mode: str, previous: Previous = 
             if prev_rs is None:
                 rs = iptables.render(inp)
                 return inp, rs, with_jump_rules(rs.payload(), rs.ensure_chains(),
-                                                rs.jump_rules())
+                                                rs.jump_rules()), None
             rs, payload = iptables.render_update(prev_rs, inp)
-            return inp, rs, payload
+            return inp, rs, payload, None
+        if mode == "ipvs":
+            from labctl.proxy import ipvs
+
+            if prev_rs is None:
+                rs = ipvs.render(inp)
+                update = rs.update(None)
+                update = dataclasses.replace(update, iptables=with_jump_rules(
+                    update.iptables, rs.ensure_chains(), rs.jump_rules()))
+                return inp, rs, rs.payload(), update
+            rs, update = ipvs.render_update(prev_rs, inp)
+            return inp, rs, update.text(), update
         from labctl.proxy import nftables
 
         if prev_rs is None:
             rs = nftables.render(inp)
-            return inp, rs, rs.payload()
+            return inp, rs, rs.payload(), None
         rs, payload = nftables.render_update(prev_rs, inp)
-        return inp, rs, payload
+        return inp, rs, payload, None
 
 
 def _table_and_rest(argv: list[str]) -> tuple[str, list[str]]:
@@ -161,8 +200,32 @@ def load_commands(state: ClusterState) -> list[str]:
         return [f"# proxyMode {state.lab.proxy_mode}: not available on this host yet"]
     out = []
     for node in state.nodes:
+        if state.lab.proxy_mode == "ipvs":
+            out += ipvs_load_commands(state, node.name)
+            continue
         argv, payload = first_load(state, node.name)
         out.append(f"ip netns exec {node.netns} {' '.join(argv)} <<'EOF'\n{payload}EOF")
+    return out
+
+
+def ipvs_load_commands(state: ClusterState, node: str) -> list[str]:
+    """A node's first IPVS-mode sync as shell commands: kube-ipvs0 and its addresses,
+    the IPVS sysctls, then `ipset restore`, `ipvsadm-restore` and `iptables-restore`
+    here-documents (labctl itself programs IPVS over netlink, not with ipvsadm)."""
+    from labctl import names
+    from labctl.proxy.ipvs_render import DUMMY_DEVICE, sysctls
+
+    ns = state.node(node).netns
+    _inp, rs, _text, update = render_ipvs_sync(state, node)
+    tool = netfilter.iptables_binary(iptables_backend(state), "iptables-restore")
+    out = [f"ip -n {ns} link add {DUMMY_DEVICE} type dummy",
+           f"ip -n {ns} link set {DUMMY_DEVICE} alias {names.owner_mark(state.lab.name)}"]
+    out += [f"ip -n {ns} addr add {ip}/32 dev {DUMMY_DEVICE}" for ip in rs.addresses]
+    out += [f"ip netns exec {ns} sysctl -qw {k}={v}" for k, v in sysctls()]
+    for argv, payload in ((["ipset", "restore", "-exist"], update.ipset),
+                          (["ipvsadm-restore"], rs.ipvsadm_save()),
+                          ([tool, *netfilter.RESTORE_FLAGS], update.iptables)):
+        out.append(f"ip netns exec {ns} {' '.join(argv)} <<'EOF'\n{payload}EOF")
     return out
 
 
@@ -177,6 +240,8 @@ def sync_nodes(state: ClusterState, previous: dict[str, Previous] | None = None,
     (missing: a full first load); pass the result back as the next `previous`."""
     mode = mode or state.lab.proxy_mode
     previous = previous or {}
+    if mode == "ipvs":
+        return _sync_ipvs(state, previous, only)
     rendered = []
     for node in state.nodes:
         if only is not None and node.name not in only:
@@ -199,9 +264,47 @@ def sync_nodes(state: ClusterState, previous: dict[str, Previous] | None = None,
     return out
 
 
+def _sync_ipvs(state: ClusterState, previous: dict[str, Previous],
+               only: set[str] | None) -> dict[str, NodeSync]:
+    """sync_nodes in IPVS mode: render every node's update (pure), then apply them."""
+    from labctl.net import ipvs as ipvs_net
+
+    rendered = []
+    for node in state.nodes:
+        if only is not None and node.name not in only:
+            continue
+        t = time.perf_counter()
+        prev = previous.get(node.name)
+        inp, rs, payload, update = render_ipvs_sync(state, node.name, prev)
+        draining = prev.draining if isinstance(prev, NodeSync) and prev.mode == "ipvs" else ()
+        rendered.append((node, prev, inp, rs, payload, update, draining,
+                         time.perf_counter() - t))
+    argv = [netfilter.iptables_binary(iptables_backend(state), "iptables-restore"),
+            *netfilter.RESTORE_FLAGS]
+    applied = ipvs_net.apply_many(
+        [ipvs_net.NodeLoad(node.netns, update, draining)
+         for node, _p, _i, _r, _t, update, draining, _s in rendered],
+        state.lab.name, argv)
+    out = {}
+    for (node, prev, inp, rs, payload, _u, _d, secs), done in zip(rendered, applied,
+                                                                  strict=True):
+        full = prev is None or (isinstance(prev, NodeSync) and prev.mode != "ipvs")
+        out[node.name] = NodeSync(node.name, "ipvs", rs, secs, done.seconds, full, inp,
+                                  payload, done.draining)
+    return out
+
+
 def cleanup_node(state: ClusterState, node: str, mode: str) -> None:
     """Remove everything `mode` installed in a node (kube-proxy --cleanup)."""
     ns = state.node(node).netns
+    if mode == "ipvs":
+        from labctl.net import ipvs as ipvs_net
+
+        backend = iptables_backend(state)
+        ipvs_net.cleanup(ns, netfilter.iptables_binary(backend),
+                         [netfilter.iptables_binary(backend, "iptables-restore"),
+                          *netfilter.RESTORE_FLAGS])
+        return
     rs = render_node(state, node, mode)
     if mode == "iptables":
         backend = iptables_backend(state)
@@ -218,5 +321,31 @@ def check(state: ClusterState, mode: str | None = None) -> None:
     if mode not in RENDERED_MODES:
         raise CapabilityError(
             f"proxyMode {mode} is not available yet (available: "
-            f"{', '.join(RENDERED_MODES)}); the IPVS and userspace modes come later")
+            f"{', '.join(RENDERED_MODES)}); the userspace mode comes later")
+    if mode == "ipvs":
+        check_ipvs(state)
+        return
     netfilter.check_tools(mode, iptables_backend(state) if mode == "iptables" else "")
+
+
+IPVS_ELSEWHERE = ("IPVS mode needs a kernel with these (a stock distribution kernel has "
+                  "them all as modules): run the lab in the Vagrant VM (vagrant/), or run "
+                  "the IPVS tests with `make test-vm`")
+
+
+def check_ipvs(state: ClusterState) -> None:
+    """IPVS mode's kernel features and tools, probed in a throw-away namespace (the
+    host is left as it was; modules that exist may be loaded)."""
+    from labctl.net import ipvs as ipvs_net
+
+    backend = iptables_backend(state)
+    netfilter.check_tools("iptables", backend)
+    scheduler = base.config_for_node(state, state.nodes[0].name).ipvs_scheduler \
+        if state.nodes else "rr"
+    restore = [netfilter.iptables_binary(backend, "iptables-restore"), "-w"]
+    missing = ipvs_net.probe(scheduler, restore)
+    if missing:
+        raise CapabilityError(
+            "proxyMode ipvs needs what this host lacks:\n"
+            + "".join(f"  - {m}\n" for m in missing)
+            + f"{IPVS_ELSEWHERE}. Nothing was created.")
