@@ -348,4 +348,4 @@ def check_ipvs(state: ClusterState) -> None:
         raise CapabilityError(
             "proxyMode ipvs needs what this host lacks:\n"
             + "".join(f"  - {m}\n" for m in missing)
-            + f"{IPVS_ELSEWHERE}. Nothing was created.")
+            + f"{IPVS_ELSEWHERE}. Nothing was created or changed.")

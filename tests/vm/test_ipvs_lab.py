@@ -1,0 +1,213 @@
+"""IPVS mode for real: a two-node lab in proxyMode ipvs, on a kernel with ip_vs.
+
+Run where the kernel has IPVS — in the VM (`make test-vm`, scripts/run-vm-tests.sh) —
+skipped elsewhere with the reason. Python under emulation is slow (seconds per
+interpreter), so one lab serves every test and traffic goes through `ip netns exec`
+with curl, not through `labctl exec`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from labctl.kubelet.echo import parse_fields
+from labctl.net import netns
+from labctl.testing.runner import labctl
+
+pytestmark = pytest.mark.ipvs
+
+LAB = "vm-ipvs"
+MANIFEST = f"""
+apiVersion: labctl/v1
+kind: Lab
+metadata: {{name: {LAB}}}
+spec:
+  nodes: [{{name: node1}}, {{name: node2}}]
+  proxyMode: ipvs
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers: [{{name: web, ports: [{{name: http, containerPort: 8080}}]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: node1
+  containers: [{{name: c, ports: [{{containerPort: 7000}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-np}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]
+"""
+
+
+def missing_capability() -> str | None:
+    """Why IPVS tests cannot run here (None: they can)."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, IPVS)"
+    if shutil.which("modprobe") is None:
+        return "needs modprobe to load ip_vs"
+    proc = subprocess.run(["modprobe", "ip_vs"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return (f"needs the ip_vs kernel module: `modprobe ip_vs` failed "
+                f"({proc.stderr.strip() or proc.returncode}); run them with `make test-vm`")
+    # node sysctls need br_netfilter, a module on stock kernels
+    subprocess.run(["modprobe", "br_netfilter"], capture_output=True)
+    return None
+
+
+def run_in(ns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+class Lab:
+    def __init__(self) -> None:
+        def get(kind: str) -> dict:
+            return json.loads(labctl("get", kind, "-o", "json", "--lab", LAB,
+                                     timeout=300).stdout)
+
+        self.pods = {p["metadata"]["name"]: p for p in get("pods")["items"]}
+        self.services = {s["metadata"]["name"]: s for s in get("services")["items"]}
+        self.nodes = {n["metadata"]["name"]: n["status"]["addresses"][0]["address"]
+                      for n in get("nodes")["items"]}
+
+    def pod_ns(self, pod: str) -> str:
+        return f"lc.{LAB}.pod.default.{pod}"
+
+    def node_ns(self, node: str) -> str:
+        return f"lc.{LAB}.node.{node}"
+
+    def vip(self, svc: str) -> str:
+        return self.services[svc]["spec"]["clusterIP"]
+
+    def web(self) -> dict[str, str]:
+        """web pod name → IP."""
+        return {n: p["status"]["podIP"] for n, p in self.pods.items() if n.startswith("web-")}
+
+    def ipvsadm(self, node: str = "node1") -> str:
+        proc = run_in(self.node_ns(node), "ipvsadm", "-Ln")
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    reason = missing_capability()
+    if reason:
+        pytest.skip(reason)
+    path = Path(tmp_path_factory.mktemp("ipvs")) / "lab.yaml"
+    path.write_text(textwrap.dedent(MANIFEST))
+    labctl("down", LAB, check=False, timeout=300)
+    labctl("up", str(path), timeout=900)
+    try:
+        yield Lab()
+    finally:
+        labctl("down", LAB, check=False, timeout=300)
+
+
+def real_servers(ipvsadm: str, vs: str) -> dict[str, tuple[str, int]]:
+    """The real servers of virtual server `vs` ("TCP  10.96.0.5:80") in `ipvsadm -Ln`
+    output: address → (forwarding, weight)."""
+    out: dict[str, tuple[str, int]] = {}
+    inside = False
+    for line in ipvsadm.splitlines():
+        if line.startswith(("TCP", "UDP", "SCTP")):
+            inside = line.split()[:2] == vs.split()
+        elif inside and line.strip().startswith("->") and "RemoteAddress" not in line:
+            words = line.split()
+            out[words[1]] = (words[2], int(words[3]))
+    return out
+
+
+def test_virtual_servers_kube_ipvs0_and_rules_view(lab: Lab) -> None:
+    """Every ClusterIP:port and node IP:NodePort is a virtual server (rr) with the web
+    pods as masquerading real servers, weight 1; kube-ipvs0 is a down dummy link owned
+    by the lab, holding the ClusterIPs; `labctl rules` shows it all."""
+    text = lab.ipvsadm()
+    web = {f"{ip}:8080" for ip in lab.web().values()}
+    for vs in (f"TCP  {lab.vip('web')}:80", f"TCP  {lab.vip('web-np')}:80",
+               f"TCP  {lab.nodes['node1']}:30080"):
+        assert re.search(rf"^{re.escape(vs)} rr\s*$", text, re.M), text
+        assert real_servers(text, vs) == {ep: ("Masq", 1) for ep in web}, text
+    link = subprocess.run(["ip", "-n", lab.node_ns("node1"), "-d", "addr", "show",
+                           "kube-ipvs0"], capture_output=True, text=True).stdout
+    assert "dummy" in link and "state DOWN" in link and f"alias labctl:{LAB}" in link
+    assert f"inet {lab.vip('web')}/32" in link
+    shown = labctl("rules", "node1", "--lab", LAB, timeout=300).stdout
+    assert "# ipvsadm -Ln" in shown and f"{lab.vip('web')}:80" in shown
+    assert "KUBE-CLUSTER-IP" in shown and "-j KUBE-NODE-PORT" in shown
+
+
+def test_clusterip_from_a_pod_round_robin(lab: Lab) -> None:
+    """Four requests from the client pod to the ClusterIP: rr alternates the two pods."""
+    loop = f"for i in 1 2 3 4; do curl -s -m 5 http://{lab.vip('web')}/; done"
+    proc = run_in(lab.pod_ns("client"), "sh", "-c", loop, timeout=60)
+    pods = re.findall(r"^pod=(\S+)$", proc.stdout, re.M)
+    assert len(pods) == 4, proc.stdout + proc.stderr
+    assert set(pods) == set(lab.web())
+    assert pods[0] != pods[1] and pods[0] == pods[2] and pods[1] == pods[3]
+    # the client's own address reaches the pod: no masquerading inside the cluster
+    assert f"client={lab.pods['client']['status']['podIP']}:" in proc.stdout
+
+
+def test_nodeport_from_outside(lab: Lab) -> None:
+    """The external client reaches the NodePort on both nodes."""
+    for node, ip in lab.nodes.items():
+        proc = run_in(f"lc.{LAB}.external", "curl", "-s", "-m", "5",
+                      f"http://{ip}:30080/", timeout=30)
+        assert re.search(r"^pod=web-", proc.stdout, re.M), (node, proc.stdout, proc.stderr)
+
+
+def test_removing_a_real_server_keeps_other_connections(lab: Lab) -> None:
+    """An established connection through the ClusterIP survives the removal of another
+    endpoint (a resync removes that one real server and touches nothing else)."""
+    vip = lab.vip("web")
+    with netns.entered(lab.pod_ns("client")):
+        conn = socket.create_connection((vip, 80), timeout=10)
+    with conn, conn.makefile("rwb") as f:
+        def ask(word: str) -> dict[str, str]:
+            f.write(f"{word}\n".encode())
+            f.flush()
+            return parse_fields(f.readline().decode())
+
+        first = ask("one")
+        serving = first["pod"]
+        other = next(name for name in lab.web() if name != serving)
+        other_ip = lab.web()[other]
+        labctl("delete", "pod", other, "--grace-period", "1", "--lab", LAB, timeout=600)
+        after = ask("two")
+        assert after["pod"] == serving and after["client"] == first["client"]
+        assert after["echo"] == "two"
+    text = lab.ipvsadm()
+    assert f"{other_ip}:8080" not in real_servers(text, f"TCP  {vip}:80"), text
+    assert f"{lab.web()[serving]}:8080" in real_servers(text, f"TCP  {vip}:80")
