@@ -31,7 +31,7 @@ test-integration: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check labctl tests bench
 
-bench: bench-up bench-sync bench-dns
+bench: bench-up bench-sync bench-dns bench-live
 
 bench-up: $(STAMP)
 	BENCH=1 bash scripts/install-deps.sh
@@ -47,3 +47,7 @@ bench-sync: $(STAMP)
 bench-dns: $(STAMP)
 	BENCH=1 bash scripts/install-deps.sh
 	$(PY) bench/bench_dns.py
+
+bench-live: $(STAMP)
+	BENCH=1 bash scripts/install-deps.sh
+	$(PY) bench/bench_live.py
