@@ -284,8 +284,7 @@ class NodeLoad:
     """One node's sync: where, what changes, and what earlier syncs left draining."""
 
     ns: str
-    update: IpvsUpdate
-    iptables: str = ""  # the iptables-restore input to load ("" = none)
+    update: IpvsUpdate  # its `iptables` is the restore input to load ("" = none)
     draining: Draining = ()
 
 
@@ -391,16 +390,16 @@ def apply(ns: str, lab: str, load: NodeLoad, iptables_argv: Sequence[str],
             if upd.ipset:
                 _run(IPSET_RESTORE, upd.ipset, ns)
             draining = _ipvs(h, upd, load.draining)
-            if load.iptables:
-                _run(iptables_argv, load.iptables, ns)
+            if upd.iptables:
+                _run(iptables_argv, upd.iptables, ns)
             for vs in upd.vs_del:
                 _svc_del(h, vs)
     else:
         with netns.entered(ns):
             if upd.ipset:
                 _run(IPSET_RESTORE, upd.ipset, ns)
-            if load.iptables:
-                _run(iptables_argv, load.iptables, ns)
+            if upd.iptables:
+                _run(iptables_argv, upd.iptables, ns)
     with netns.entered(ns):
         _links(ns, lab, upd, add=False)
     return Applied(time.perf_counter() - t, draining)

@@ -828,3 +828,86 @@ def test_up_without_ipvs_fails_cleanly(tmp_path: Path) -> None:
     after = subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout \
         if shutil.which("ipset") else ""
     assert before == after
+
+
+def test_kernel_apply_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """net/ipvs.apply: addresses in, sysctls (full sync), ipsets, IPVS, iptables, gone
+    virtual servers, addresses out — each step in the node's namespace."""
+    import contextlib
+
+    from labctl.net import ipvs as ipvs_net
+
+    fake = FakeIPVS()
+    steps: list[str] = []
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def enter(ns: str):
+        entered.append(ns)
+        yield
+
+    @contextlib.contextmanager
+    def handle(ns: str):
+        steps.append("ipvs-handle")
+        yield fake
+
+    monkeypatch.setattr(ipvs_net.netns, "entered", enter)
+    monkeypatch.setattr(ipvs_net, "handle_in", handle)
+    monkeypatch.setattr(ipvs_net, "_links", lambda ns, lab, upd, add: steps.append(
+        f"links {'add' if add else 'del'} {len(upd.addresses_add if add else upd.addresses_del)}"))
+    monkeypatch.setattr(ipvs_net, "_run", lambda argv, stdin, ns: steps.append(argv[0]))
+    monkeypatch.setattr(ipvs_net, "_write_sysctl", lambda k, v: steps.append(f"sysctl {k}"))
+    rs1 = ipvs.render(golden_input("nodeport"))
+    load = ipvs_net.NodeLoad("lc.x.node.node1", rs1.update(None))
+    ipvs_net.apply("lc.x.node.node1", "x", load, ["iptables-restore"], "6.1.0")
+    assert steps[0] == "links add 1" and steps[1] == "ipvs-handle"
+    assert steps[2:6] == ["sysctl net.ipv4.vs.conntrack", "sysctl net.ipv4.vs.expire_nodest_conn",
+                          "sysctl net.ipv4.vs.expire_quiescent_template",
+                          "sysctl net.ipv4.ip_forward"]
+    assert steps[6:] == ["ipset", "iptables-restore", "links del 0"]
+    assert len(fake.services) == len(rs1.virtual_servers)
+    assert set(entered) == {"lc.x.node.node1"}
+    # a resync that only changes ipset entries opens no IPVS handle
+    steps.clear()
+    a = golden_state("nodeport")
+    only_vs = ipvs.render(inp_of(dataclasses.replace(a, endpoint_slices=())))
+    upd = only_vs.update(rs1)
+    assert upd.rs_del and not upd.vs_del
+    ipvs_net.apply("lc.x.node.node1", "x", ipvs_net.NodeLoad("lc.x.node.node1", upd),
+                   ["iptables-restore"], "6.1.0")
+    assert steps[:2] == ["links add 0", "ipvs-handle"] and "sysctl" not in " ".join(steps)
+    steps.clear()
+    same = ipvs.render(golden_input("nodeport")).update(rs1)
+    ipvs_net.apply("lc.x.node.node1", "x", ipvs_net.NodeLoad("lc.x.node.node1", same),
+                   ["iptables-restore"], "6.1.0")
+    assert "ipvs-handle" not in steps
+
+
+def test_sync_nodes_hands_updates_and_draining_to_the_kernel_side(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """sync_nodes in IPVS mode: a full update per node first (iptables with kube-proxy's
+    jumps folded in), then partial ones; real servers left draining by one sync are
+    handed to the next."""
+    from labctl.net import ipvs as ipvs_net
+
+    calls: list[list[ipvs_net.NodeLoad]] = []
+    left = ((r.VirtualServer("TCP", "10.96.0.25", 80), r.RealServer("10.244.1.7", 8080)),)
+
+    def apply_many(loads, lab, argv):
+        calls.append(list(loads))
+        assert lab == "golden" and "iptables" in argv[0] and "--noflush" in argv
+        return [ipvs_net.Applied(0.001, left) for _ in loads]
+
+    monkeypatch.setattr(ipvs_net, "apply_many", apply_many)
+    monkeypatch.setattr(sync, "iptables_backend", lambda state: "nft")
+    state = golden_state("nodeport")
+    state = dataclasses.replace(state, lab=dataclasses.replace(state.lab, proxy_mode="ipvs"))
+    done = sync.sync_nodes(state)
+    assert [load.ns for load in calls[0]] == [n.netns for n in state.nodes]
+    assert all(load.update.full and "-I PREROUTING" in load.update.iptables
+               and load.draining == () for load in calls[0])
+    assert all(s.full and s.mode == "ipvs" and s.draining == left for s in done.values())
+    done2 = sync.sync_nodes(fewer_endpoints(state, 1), done)
+    assert all(not load.update.full and load.draining == left for load in calls[1])
+    assert all(not s.full and "-d -t 10.96.0.25:80 -r 10.244.1.7:8080\n" in s.payload
+               for s in done2.values())
