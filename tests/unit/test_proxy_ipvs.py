@@ -911,3 +911,24 @@ def test_sync_nodes_hands_updates_and_draining_to_the_kernel_side(
     assert all(not load.update.full and load.draining == left for load in calls[1])
     assert all(not s.full and "-d -t 10.96.0.25:80 -r 10.244.1.7:8080\n" in s.payload
                for s in done2.values())
+
+
+def test_rules_view_keeps_one_services_blocks() -> None:
+    from labctl.cli.ipvs_view import _filter_iptables, _filter_ipvs
+
+    text = (
+        "IP Virtual Server version 1.2.1 (size=4096)\n"
+        "Prot LocalAddress:Port Scheduler Flags\n"
+        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+        "TCP  10.96.0.1:443 rr\n"
+        "  -> 172.18.0.2:6443             Masq    1      0          0\n"
+        "TCP  10.96.0.25:80 rr\n"
+        "  -> 10.244.0.7:8080             Masq    1      0          0\n"
+        "  -> 10.244.1.7:8080             Masq    1      1          0\n"
+        "UDP  10.96.0.10:53 rr\n")
+    got = _filter_ipvs(text, {"TCP 10.96.0.25:80"})
+    assert got.splitlines() == text.splitlines()[:3] + [
+        "TCP  10.96.0.25:80 rr", "  -> 10.244.0.7:8080             Masq    1      0          0",
+        "  -> 10.244.1.7:8080             Masq    1      1          0"]
+    ipt = "*filter\n:X - [0:0]\n-A X -s 1.2.3.4 -j DROP\n-A X -s 1.2.3.40 -j DROP\nCOMMIT\n"
+    assert _filter_iptables(ipt, {"1.2.3.4"}) == "*filter\n-A X -s 1.2.3.4 -j DROP\nCOMMIT\n"
