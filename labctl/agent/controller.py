@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from labctl.agent import control, events
+from labctl.agent import control, events, kube_proxies
 from labctl.agent.paths import PODHOST_STARTING_ENV, READY_FD_ENV, StatePaths
 from labctl.agent.probing import PodProbes
 from labctl.cluster.compile import with_readiness
@@ -173,6 +173,7 @@ class Agent:
             self.start_probes(pod, was_ready=self.adopted and pod.key not in live.ready)
         if self.adopted:
             await self.adopt()
+        await kube_proxies.ensure(self, self.state, wait=True)  # userspace mode's proxies
         self.save_live()
 
     async def wait_for_podhost(self, timeout: float) -> None:
@@ -279,6 +280,7 @@ class Agent:
             await self.podhost_call({"op": "dns"}, 10.0)
         except LabctlError as e:
             log.error("DNS reload: %s", e)
+        await kube_proxies.ensure(self, new)  # userspace mode: the proxies reload too
         self.last_ready = ready
         return synced
 

@@ -191,13 +191,21 @@ async def delete_objects(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
 @op("proxy-mode")
 async def proxy_mode(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
     """`labctl proxy-mode MODE`: every node's rules switched, under the agent's lock so
-    no resync of the old mode can slip in between."""
+    no resync of the old mode can slip in between. Userspace mode's proxy processes
+    start (and answer) before its rules send traffic to them; leaving it, the resync
+    stops them once the new rules are in."""
     from dataclasses import replace
 
     from labctl.lab.lifecycle import switch_rules
 
     mode = str(req.get("mode"))
     async with agent.lock:
+        if mode == "userspace" and agent.state.lab.proxy_mode != mode:
+            from labctl.agent import kube_proxies
+
+            new_lab = replace(agent.state.lab, proxy_mode=mode)
+            await kube_proxies.ensure(agent, replace(agent.state, lab=new_lab), wait=True,
+                                      strict=True)
         seconds = switch_rules(agent.state, mode)
         agent.base = replace(agent.base, lab=replace(agent.base.lab, proxy_mode=mode))
         agent.state = replace(agent.state, lab=replace(agent.state.lab, proxy_mode=mode))

@@ -10,7 +10,13 @@ from labctl.cli.common import CONTEXT, handle_errors
 from labctl.cli.output import err
 from labctl.errors import LabctlError
 
-RENDER_MODES = ("iptables", "nftables", "ipvs")
+RENDER_MODES = ("iptables", "nftables", "ipvs", "userspace")
+# Why userspace mode is deprecated (removed from Kubernetes in 1.26), for --help texts.
+USERSPACE_NOTE = ("userspace is the deprecated original (removed from Kubernetes in 1.26): "
+                  "a proxy process per node copies every connection's bytes through user "
+                  "space — slow, and backends see the node, not the client — though, "
+                  "unlike iptables mode, it retries another endpoint when a connect "
+                  "fails")
 # ipvs_render.SCHEDULERS (not imported here: it would slow every command's start)
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo",
               "ovf", "mh", "twos")
@@ -30,7 +36,8 @@ def rules(node: str, service: str | None, lab_name: str | None) -> None:
     """Show the rules kube-proxy installed in NODE, read back from the kernel.
 
     iptables mode prints `iptables-save` of the node; nftables mode `nft list ruleset`;
-    ipvs mode `ipvsadm -Ln`, kube-ipvs0's addresses, `ipset save` and `iptables-save`.
+    ipvs mode `ipvsadm -Ln`, kube-ipvs0's addresses, `ipset save` and `iptables-save`;
+    userspace mode (deprecated) `iptables-save` and what the node's proxy process serves.
 
     \b
     Examples:
@@ -45,6 +52,11 @@ def rules(node: str, service: str | None, lab_name: str | None) -> None:
     if node not in [n.name for n in state.nodes]:
         raise LabctlError(f"no node named {node!r}; nodes: "
                           f"{', '.join(n.name for n in state.nodes)}")
+    if state.lab.proxy_mode == "userspace":
+        from labctl.cli.userspace_view import show_userspace_rules
+
+        click.echo(show_userspace_rules(state, node, service), nl=False)
+        return
     if state.lab.proxy_mode == "ipvs":
         from labctl.cli.ipvs_view import show_ipvs_rules
 
@@ -60,7 +72,8 @@ def proxy() -> None:
 
 @proxy.command(context_settings=CONTEXT)
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--mode", type=click.Choice(RENDER_MODES), default="iptables", show_default=True)
+@click.option("--mode", type=click.Choice(RENDER_MODES), default="iptables", show_default=True,
+              help=f"kube-proxy's mode; {USERSPACE_NOTE}.")
 @click.option("--node-name", required=True, help="The node kube-proxy runs on (decides which "
               "endpoints are local).")
 @click.option("--node-ip", "node_ips", required=True, help="The node's IP (comma-separated "
@@ -89,7 +102,9 @@ def render(files: tuple[str, ...], mode: str, node_name: str, node_ips: str, clu
     format), the `ipset restore` input and the `iptables-restore` input. EndpointSlices
     are derived from Pods and selectors when the files give none; ClusterIPs and
     NodePorts are taken as written (allocated when missing), LoadBalancer IPs from
-    status.loadBalancer.ingress.
+    status.loadBalancer.ingress. userspace mode prints the proxy ports (as `#` lines) and
+    the portal rules that send Service traffic to them; it is deprecated: see
+    `labctl proxy-mode --help`.
 
     \b
     Examples:
@@ -118,6 +133,11 @@ def render(files: tuple[str, ...], mode: str, node_name: str, node_ips: str, clu
         from labctl.proxy import iptables
 
         click.echo(iptables.render(inp).payload(), nl=False)
+    elif mode == "userspace":
+        from labctl.proxy import userspace
+
+        rs = userspace.render(inp)
+        click.echo(rs.describe() + rs.payload(), nl=False)
     elif mode == "ipvs":
         from labctl.proxy import ipvs
 
@@ -136,6 +156,13 @@ def proxy_mode(mode: str, lab_name: str | None) -> None:
     """Switch a running lab's kube-proxy to MODE: the old rules are removed from every
     node and the new ones loaded; pods and connections stay. ipvs needs a kernel with
     IPVS (checked first: nothing changes when it is missing).
+
+    \b
+    userspace mode is DEPRECATED: Kubernetes removed it in 1.26. A proxy process
+    on every node accepts each connection and opens its own to a backend, so every
+    byte crosses user space twice (slow) and backends see the node, not the client.
+    It is here because it did one thing iptables mode does not: when a backend does
+    not answer, it retries the next one (after 250 ms, 500 ms, 1 s, 2 s).
 
     \b
     Example:  labctl proxy-mode nftables

@@ -4,10 +4,14 @@ Each container gets the environment the kubelet would give it (its own `env`, th
 Service variables of the Services that exist as it starts) and its command and args
 expanded against it. Containers labctl serves itself are marked `builtin` ("dns" for
 cluster DNS). The node that stands in for the API server gets a listener on 6443.
+In userspace proxy mode each node also gets its kube-proxy: a process in the node's
+namespace (kube-proxy runs as a hostNetwork DaemonSet pod).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from labctl.cluster.addons import APISERVER_PORT, BUILTIN_ANNOTATION
@@ -46,6 +50,27 @@ def _apiserver(state: ClusterState) -> dict[str, Any] | None:
                                        "protocol": "TCP"}]}]}
 
 
+KUBE_PROXY_MODULE = "labctl.proxy.userspace_daemon"
+
+
+def kube_proxy_pods(state: ClusterState) -> list[dict[str, Any]]:
+    """userspace mode: each node's proxy process, as a pod of the pod host running
+    `python -m labctl.proxy.userspace_daemon STATE_DIR NODE` in the node's namespace
+    (restarted with back-off if it dies). Other modes: none."""
+    if state.lab.proxy_mode != "userspace":
+        return []
+    from labctl import names
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return [{"namespace": "kube-system", "name": f"kube-proxy-{node.name}", "node": node.name,
+             "ip": node.ip, "netns": node.netns, "restartPolicy": "Always",
+             "containers": [{"name": "kube-proxy", "command": [sys.executable, "-m",
+                                                              KUBE_PROXY_MODULE],
+                             "args": [names.state_dir(state.lab.name), node.name],
+                             "env": [{"name": "PYTHONPATH", "value": root}], "ports": []}]}
+            for node in state.nodes]
+
+
 def workloads_document(state: ClusterState) -> dict[str, Any]:
     pods = [{
         "namespace": pod.namespace, "name": pod.name, "node": pod.node, "ip": pod.ip,
@@ -55,6 +80,7 @@ def workloads_document(state: ClusterState) -> dict[str, Any]:
     stand_in = _apiserver(state)
     if stand_in:
         pods.append(stand_in)
+    pods += kube_proxy_pods(state)
     return {"lab": state.lab.name, "pods": pods}
 
 

@@ -23,7 +23,7 @@ from labctl.errors import CapabilityError
 from labctl.net import netfilter
 from labctl.proxy import base
 
-RENDERED_MODES = ("iptables", "nftables", "ipvs")
+RENDERED_MODES = ("iptables", "nftables", "ipvs", "userspace")
 
 
 @dataclass
@@ -55,6 +55,10 @@ def _render(inp: base.ProxyInput, mode: str) -> Any:
         from labctl.proxy import iptables
 
         return iptables.render(inp)
+    if mode == "userspace":
+        from labctl.proxy import userspace
+
+        return userspace.render(inp)
     if mode == "ipvs":
         from labctl.proxy import ipvs
 
@@ -116,6 +120,14 @@ def _render_sync(state: ClusterState, node: str, mode: str, previous: Previous,
                 return inp, rs, with_jump_rules(rs.payload(), rs.ensure_chains(),
                                                 rs.jump_rules()), None
             rs, payload = iptables.render_update(prev_rs, inp)
+            return inp, rs, payload, None
+        if mode == "userspace":  # portal rules; "" when only endpoints changed
+            from labctl.proxy import userspace
+
+            if prev_rs is None:  # the jumps: _sync_userspace ensures them
+                rs = userspace.render(inp)
+                return inp, rs, rs.payload(), None
+            rs, payload = userspace.render_update(prev_rs, inp)
             return inp, rs, payload, None
         if mode == "ipvs":
             from labctl.proxy import ipvs
@@ -187,7 +199,7 @@ def first_load(state: ClusterState, node: str) -> tuple[list[str], str]:
     """The argv and input of a node's first ruleset load (pure: nothing is run)."""
     mode = state.lab.proxy_mode
     rs = render_node(state, node, mode)
-    if mode == "iptables":
+    if mode in ("iptables", "userspace"):
         tool = netfilter.iptables_binary(iptables_backend(state), "iptables-restore")
         return [tool, *netfilter.RESTORE_FLAGS], with_jump_rules(
             rs.payload(), rs.ensure_chains(), rs.jump_rules())
@@ -242,6 +254,8 @@ def sync_nodes(state: ClusterState, previous: dict[str, Previous] | None = None,
     previous = previous or {}
     if mode == "ipvs":
         return _sync_ipvs(state, previous, only)
+    if mode == "userspace":
+        return _sync_userspace(state, previous, only)
     rendered = []
     for node in state.nodes:
         if only is not None and node.name not in only:
@@ -306,7 +320,7 @@ def cleanup_node(state: ClusterState, node: str, mode: str) -> None:
                           *netfilter.RESTORE_FLAGS])
         return
     rs = render_node(state, node, mode)
-    if mode == "iptables":
+    if mode in ("iptables", "userspace"):
         backend = iptables_backend(state)
         payload, commands = rs.cleanup_payload()
         netfilter.iptables_commands(ns, commands, backend, ensure=False)
@@ -321,9 +335,12 @@ def check(state: ClusterState, mode: str | None = None) -> None:
     if mode not in RENDERED_MODES:
         raise CapabilityError(
             f"proxyMode {mode} is not available yet (available: "
-            f"{', '.join(RENDERED_MODES)}); the userspace mode comes later")
+            f"{', '.join(RENDERED_MODES)})")
     if mode == "ipvs":
         check_ipvs(state)
+        return
+    if mode == "userspace":  # its portals are iptables rules
+        netfilter.check_tools("iptables", iptables_backend(state))
         return
     netfilter.check_tools(mode, iptables_backend(state) if mode == "iptables" else "")
 
@@ -349,3 +366,37 @@ def check_ipvs(state: ClusterState) -> None:
             "proxyMode ipvs needs what this host lacks:\n"
             + "".join(f"  - {m}\n" for m in missing)
             + f"{IPVS_ELSEWHERE}. Nothing was created or changed.")
+
+
+def _sync_userspace(state: ClusterState, previous: dict[str, Previous],
+                    only: set[str] | None) -> dict[str, NodeSync]:
+    """sync_nodes in userspace mode: the portal rules depend on the Services only, so a
+    sync that changed endpoints loads nothing (the node's proxy process is told to
+    reload instead: labctl.agent.kube_proxies). A full sync also ensures the jumps into
+    kube-proxy's chains as kube-proxy does (`-C`, then `-I`/`-A` when missing), so a
+    full resync of a running lab does not add them twice."""
+    rendered = []
+    for node in state.nodes:
+        if only is not None and node.name not in only:
+            continue
+        t = time.perf_counter()
+        prev = previous.get(node.name)
+        inp, rs, payload = render_sync(state, node.name, "userspace", prev)
+        rendered.append((node, prev, inp, rs, payload, time.perf_counter() - t))
+    argv = [netfilter.iptables_binary(iptables_backend(state), "iptables-restore"),
+            *netfilter.RESTORE_FLAGS]
+    loaded = iter(netfilter.load_many([(node.netns, argv, payload)
+                                       for node, _p, _i, _r, payload, _t in rendered
+                                       if payload]))
+    backend = iptables_backend(state)
+    out = {}
+    for node, prev, inp, rs, payload, secs in rendered:
+        seconds = next(loaded).seconds if payload else 0.0
+        full = prev is None or (isinstance(prev, NodeSync) and prev.mode != "userspace")
+        if full:
+            t = time.perf_counter()
+            netfilter.iptables_commands(node.netns, rs.jump_rules(), backend)
+            seconds += time.perf_counter() - t
+        out[node.name] = NodeSync(node.name, "userspace", rs, secs, seconds, full, inp,
+                                  payload)
+    return out

@@ -1,0 +1,467 @@
+"""kube-proxy's userspace mode (deprecated), with real traffic: a proxy process per node
+behind iptables portals — ClusterIP from pods and nodes, NodePort, LoadBalancer and
+externalIPs from outside, UDP and cluster DNS, exact round robin, ClientIP affinity,
+no endpoints → reset, and the one thing it did that iptables mode does not: a
+connection to a dead endpoint is retried on the next one. The same lab is switched to
+iptables mode and back, so both modes face the same dead pod in one run.
+
+One lab for the module; tests that break something put it back. Every wait polls a
+condition under a timeout that is only a hang guard; request counts are bounded.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from labctl import names
+from labctl.proxy import base, userspace
+from labctl.proxy.userspace_daemon import request
+from labctl.testing.runner import labctl, netns_exec
+from labctl.testing.traffic import connect_error, http_get, socket_in, spread, udp_echo
+from tests.integration.conftest import write_lab
+
+LAB = "it-userspace"
+GOLDEN = Path(__file__).parents[1] / "unit" / "golden" / "proxy" / "userspace"
+EXTERNAL_IP = "203.0.113.20"
+HANG_GUARD = 30.0
+T = TypeVar("T")
+
+MANIFEST = f"""
+apiVersion: labctl/v1
+kind: Lab
+metadata: {{name: {LAB}}}
+spec:
+  nodes: [{{name: node1}}, {{name: node2}}]
+  proxyMode: userspace
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+        - name: web
+          ports:
+            - {{name: http, containerPort: 8080}}
+            - {{name: dns, containerPort: 9053, protocol: UDP}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: flaky}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: flaky}}}}
+  template:
+    metadata: {{labels: {{app: flaky}}}}
+    spec:
+      containers: [{{name: ok, ports: [{{containerPort: 8080}}]}}]
+---
+# Ready (its process runs, no probe says otherwise) but nothing listens on 8080: the
+# endpoint refuses every connection, as a pod whose server died would.
+apiVersion: v1
+kind: Pod
+metadata: {{name: flaky-dead, labels: {{app: flaky}}}}
+spec:
+  nodeName: node2
+  containers: [{{name: dead, command: [sleep, "3600"], ports: [{{containerPort: 8080}}]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: node1
+  containers: [{{name: c, ports: [{{containerPort: 7000}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-np}}
+spec:
+  type: NodePort
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-lb}}
+spec:
+  type: LoadBalancer
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web-ext}}
+spec:
+  selector: {{app: web}}
+  externalIPs: [{EXTERNAL_IP}]
+  ports: [{{port: 8000, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: sticky}}
+spec:
+  selector: {{app: web}}
+  sessionAffinity: ClientIP
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: dns}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: dns, port: 53, targetPort: dns, protocol: UDP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: empty}}
+spec:
+  selector: {{app: nothing-has-this-label}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: flaky}}
+spec:
+  selector: {{app: flaky}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"""
+
+
+def eventually(what: str, check: Callable[[], T], timeout: float = HANG_GUARD) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class Lab:
+    def __init__(self, name: str, path: Path) -> None:
+        self.name, self.path = name, path
+        get = lambda *a: json.loads(self.run("get", *a, "-o", "json").stdout)  # noqa: E731
+        self.pods = {p["metadata"]["name"]: p for p in get("pods")["items"]}
+        self.services = {s["metadata"]["name"]: s for s in get("services")["items"]}
+        self.nodes = {n["metadata"]["name"]: n["status"]["addresses"][0]["address"]
+                      for n in get("nodes")["items"]}
+        self.state_dir = names.state_dir(name)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return labctl(*args, "--lab", self.name, check=check)
+
+    def ns(self, pod: str) -> str:
+        return f"lc.{self.name}.pod.default.{pod}"
+
+    def node_ns(self, node: str) -> str:
+        return f"lc.{self.name}.node.{node}"
+
+    @property
+    def client(self) -> str:
+        return self.ns("client")
+
+    @property
+    def external(self) -> str:
+        return f"lc.{self.name}.external"
+
+    def vip(self, svc: str) -> str:
+        return self.services[svc]["spec"]["clusterIP"]
+
+    def of(self, app: str) -> set[str]:
+        return {n for n, p in self.pods.items()
+                if p["metadata"].get("labels", {}).get("app") == app}
+
+    def ip(self, pod: str) -> str:
+        return self.pods[pod]["status"]["podIP"]
+
+    def proxy(self, node: str) -> dict[str, Any]:
+        return request(self.state_dir, node, {"op": "status"})
+
+    def proxy_port(self, node: str, service: str) -> dict[str, Any]:
+        return next(p for p in self.proxy(node)["ports"] if p["service"] == service)
+
+    def node_side(self) -> set[str]:
+        """The addresses the proxy's own connections come from."""
+        gateways = {p["status"]["podIP"].rsplit(".", 1)[0] + ".1" for p in self.pods.values()}
+        return set(self.nodes.values()) | gateways
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    path = write_lab(tmp_path_factory.mktemp(LAB), LAB, MANIFEST)
+    labctl("up", str(path), "-q")
+    try:
+        yield Lab(LAB, path)
+    finally:
+        labctl("down", LAB)
+
+
+def _flaky_requests(lab: Lab, count: int) -> tuple[list[str], list[int], list[float]]:
+    """`count` new connections to the flaky Service: who answered, errnos, durations."""
+    answered, errors, took = [], [], []
+    for _ in range(count):
+        t = time.perf_counter()
+        try:
+            answered.append(http_get(lab.client, lab.vip("flaky"), 80, timeout=5.0).pod)
+        except OSError as e:
+            errors.append(e.errno or -1)
+        took.append(time.perf_counter() - t)
+    return answered, errors, took
+
+
+# ------------------------------------------------------------------ the mode's parts
+
+
+def test_one_proxy_per_node_in_the_node_namespace(lab: Lab) -> None:
+    for node in lab.nodes:
+        status = lab.proxy(node)
+        pid = status["pid"]
+        want = os.stat(f"/run/netns/{lab.node_ns(node)}")
+        have = os.stat(f"/proc/{pid}/ns/net")
+        assert (want.st_dev, want.st_ino) == (have.st_dev, have.st_ino)
+        with open(f"/proc/{pid}/cmdline") as f:
+            assert "labctl.proxy.userspace_daemon" in f.read()
+        assert "*:30080/TCP" in status["claims"]  # the NodePort held open
+        with open(os.path.join(lab.state_dir, "pids")) as f:  # the pod host's, by PID
+            assert str(pid) in f.read().split()
+
+
+def test_rules_send_each_service_port_to_its_proxy_port(lab: Lab) -> None:
+    from labctl.lab import store
+
+    state = store.state_of(LAB)
+    for node in lab.nodes:
+        rs = userspace.render(base.input_for_node(state, node))
+        port = rs.proxy_port("default/web:http")
+        assert lab.proxy_port(node, "default/web:http")["proxyPort"] == port
+        saved = lab.run("rules", node).stdout
+        assert (f"-A KUBE-PORTALS-CONTAINER -d {lab.vip('web')}/32 -p tcp -m comment "
+                f'--comment "default/web:http" -m tcp --dport 80 -j REDIRECT --to-ports '
+                f"{port}") in saved
+        assert (f"-A KUBE-PORTALS-HOST -d {lab.vip('web')}/32 -p tcp -m comment --comment "
+                f'"default/web:http" -m tcp --dport 80 -j DNAT --to-destination '
+                f"{lab.nodes[node]}:{port}") in saved
+        assert "-j KUBE-PORTALS-CONTAINER" in saved and "KUBE-NODEPORT-NON-LOCAL" in saved
+        assert "KUBE-SERVICES" not in saved  # no iptables-mode rules
+        assert f"0.0.0.0:{port}/TCP default/web:http" in saved  # the proxy's own view
+    # Offline, from the file alone: the same proxy port (a hash of the port's name).
+    rendered = labctl("proxy", "render", "--mode", "userspace", "--node-name", "node1",
+                      "--node-ip", lab.nodes["node1"], str(lab.path)).stdout
+    port = lab.proxy_port("node1", "default/web:http")["proxyPort"]
+    assert f":{port}/TCP default/web:http -> " in rendered
+    assert "--comment default/web:http -p tcp -m tcp --dport 80" in rendered
+    assert f"-j REDIRECT --to-ports {port}" in rendered
+
+
+def test_cluster_ip_from_pods_on_both_nodes_and_from_nodes(lab: Lab) -> None:
+    other = next(n for n in lab.of("web") if lab.pods[n]["spec"]["nodeName"] == "node2")
+    for ns in (lab.client, lab.ns(other), lab.node_ns("node1"), lab.node_ns("node2")):
+        reply = http_get(ns, lab.vip("web"), 80)
+        assert reply.pod in lab.of("web"), ns
+        # The backend's peer is the proxy on the client's node, never the client pod.
+        assert reply.client_ip in lab.node_side(), (ns, reply.client_ip)
+        assert reply.client_ip != lab.ip("client")
+
+
+def test_node_port_load_balancer_and_external_ip_from_outside(lab: Lab) -> None:
+    for ip in lab.nodes.values():
+        assert http_get(lab.external, ip, 30080).pod in lab.of("web")
+    lb_ip = lab.services["web-lb"]["status"]["loadBalancer"]["ingress"][0]["ip"]
+    assert http_get(lab.external, lb_ip, 80).pod in lab.of("web")
+    assert http_get(lab.external, EXTERNAL_IP, 8000).pod in lab.of("web")
+
+
+def test_udp_and_cluster_dns_through_the_proxy(lab: Lab) -> None:
+    reply = udp_echo(lab.client, lab.vip("dns"), 53)
+    assert reply.pod in lab.of("web") and reply.fields["echo"] == "ping"
+    assert udp_echo(lab.node_ns("node2"), lab.vip("dns"), 53).pod in lab.of("web")
+    # kube-dns itself is a Service: UDP and TCP queries go through the proxy too.
+    out = netns_exec(lab.client, ["getent", "hosts", "web"]).stdout
+    assert out.split()[0] == lab.vip("web")
+    assert lab.proxy_port("node1", "kube-system/kube-dns:dns")["connections"] >= 1
+
+
+def test_round_robin_serves_each_endpoint_in_turn(lab: Lab) -> None:
+    counts = spread(lab.client, lab.vip("web"), 80, 3 * 7)
+    assert set(counts) == lab.of("web")
+    assert set(counts.values()) == {7}  # exact turns, not iptables mode's dice
+
+
+def test_client_ip_affinity(lab: Lab) -> None:
+    assert len(spread(lab.client, lab.vip("sticky"), 80, 20)) == 1
+    assert len(spread(lab.node_ns("node2"), lab.vip("sticky"), 80, 10)) == 1
+
+
+def test_no_endpoints_accepts_then_resets(lab: Lab) -> None:
+    code, _took = connect_error(lab.client, lab.vip("empty"), 80)
+    # The proxy, not a pod, completed the handshake (connect() succeeds, or reports the
+    # reset that followed at once) — unlike iptables mode's REJECT (ECONNREFUSED).
+    assert code in (0, errno.ECONNRESET)
+    with pytest.raises(ConnectionResetError):  # ... and resets it
+        http_get(lab.client, lab.vip("empty"), 80)
+    assert lab.proxy_port("node1", "default/empty")["reset"] >= 2
+
+
+# ------------------------------------------------------------------ the point of it
+
+
+def test_a_refusing_endpoint_is_retried_and_iptables_mode_does_not(lab: Lab) -> None:
+    ok_pods = lab.of("flaky") - {"flaky-dead"}
+    dead = f"{lab.ip('flaky-dead')}:8080"
+    assert dead in lab.proxy_port("node1", "default/flaky")["endpoints"]
+
+    answered, errors, _ = _flaky_requests(lab, 30)
+    assert not errors and len(answered) == 30  # every request answered ...
+    assert set(answered) == ok_pods  # ... by the live endpoints only
+    status = lab.proxy_port("node1", "default/flaky")
+    assert status["failedConnects"].get(dead, 0) >= 5 and status["retried"] >= 5
+
+    out = lab.run("proxy-mode", "iptables").stdout
+    assert "from userspace to iptables" in out
+    assert not any("userspace_daemon" in line for line in _processes())
+    answered, errors, _ = _flaky_requests(lab, 30)
+    assert errors and set(errors) == {errno.ECONNREFUSED}  # some went to the dead pod
+    assert answered and set(answered) <= ok_pods
+    code, took = connect_error(lab.client, lab.vip("empty"), 80)
+    assert code == errno.ECONNREFUSED and took < 1.0  # iptables mode: REJECT at once
+
+    assert "from iptables to userspace" in lab.run("proxy-mode", "userspace").stdout
+    answered, errors, _ = _flaky_requests(lab, 15)
+    assert not errors and set(answered) == ok_pods
+    saved = lab.run("rules", "node1").stdout
+    assert "KUBE-SVC-" not in saved and "KUBE-PORTALS-CONTAINER" in saved
+
+
+def test_an_endpoint_that_does_not_answer_costs_a_250ms_timeout(lab: Lab) -> None:
+    victim = sorted(lab.of("flaky") - {"flaky-dead"})[0]
+    drop = ["iptables", "-w", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP"]
+    assert netns_exec(lab.ns(victim), [*drop[:2], "-A", *drop[2:]]).returncode == 0
+    try:
+        answered, errors, took = _flaky_requests(lab, 12)
+        assert not errors and victim not in answered
+        slow = [t for t in took if t >= 0.25]
+        assert slow and max(took) < 2.0  # waited for one connect timeout, then moved on
+    finally:
+        netns_exec(lab.ns(victim), [*drop[:2], "-D", *drop[2:]])
+
+
+# ------------------------------------------------------------------ living with it
+
+
+def test_endpoint_changes_keep_established_connections(lab: Lab) -> None:
+    s = socket_in(lab.client)
+    s.settimeout(5.0)
+    with s:
+        s.connect((lab.vip("web"), 80))
+        s.sendall(b"one\n")
+        pinned = _line(s)["pod"]
+        # Take the pinned pod out of the endpoints: its established connection stays.
+        lab.run("break", "pod", pinned, "--readiness", "--wait")
+        try:
+            eps = lab.proxy_port("node1", "default/web:http")["endpoints"]
+            assert f"{lab.ip(pinned)}:8080" not in eps and len(eps) == 2
+            assert pinned not in spread(lab.client, lab.vip("web"), 80, 8)
+            s.sendall(b"two\n")
+            assert _line(s)["pod"] == pinned
+        finally:
+            lab.run("heal", "pod", pinned, "--wait")
+    assert pinned in spread(lab.client, lab.vip("web"), 80, 6)
+
+
+def test_a_killed_proxy_is_restarted_and_an_agent_restart_adds_no_rules(lab: Lab) -> None:
+    before = lab.proxy("node2")["pid"]
+    os.kill(before, signal.SIGKILL)
+
+    def serving() -> bool:
+        try:
+            return lab.proxy("node2")["pid"] != before
+        except Exception:  # noqa: BLE001 - not back yet
+            return False
+
+    eventually("the pod host to restart kube-proxy on node2", serving)
+    other = next(n for n in lab.of("web") if lab.pods[n]["spec"]["nodeName"] == "node2")
+    assert http_get(lab.ns(other), lab.vip("web"), 80).pod in lab.of("web")
+
+    lab.run("agent", "restart")
+    saved = lab.run("rules", "node1").stdout
+    assert saved.count("-j KUBE-PORTALS-CONTAINER") == 1  # ensured, not inserted again
+    assert http_get(lab.client, lab.vip("web"), 80).pod in lab.of("web")
+
+
+# ------------------------------------------------------------------ the rules alone
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_every_golden_loads_and_cleans_up(backend: str) -> None:
+    """The userspace goldens through the real iptables-restore of each backend, with
+    the jumps ensured twice (no duplicates), then kube-proxy --cleanup: nothing left."""
+    from labctl.net import netfilter
+    from tests.unit.test_proxy_iptables import golden_input
+
+    if shutil.which(netfilter.iptables_binary(backend, "iptables-restore")) is None:
+        pytest.skip(f"needs the {backend} iptables backend")
+    scratch = f"it-us-gold-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", scratch], check=True)
+    try:
+        for case in sorted(p.stem for p in GOLDEN.glob("*.txt")):
+            rs = userspace.render(golden_input(case))
+            golden = (GOLDEN / f"{case}.txt").read_text()
+            netfilter.restore_iptables(scratch, golden, backend)  # the `#` lines too
+            for _ in range(2):
+                netfilter.iptables_commands(scratch, rs.jump_rules(), backend)
+            saved = netfilter.iptables_save(scratch, backend)
+            assert saved.count("-j KUBE-PORTALS-CONTAINER") == 1, case
+            assert len([ln for ln in saved.splitlines() if ln.startswith("-A KUBE-")]) \
+                == len(rs.rules), case
+            cleanup, argv = rs.cleanup_payload()
+            netfilter.iptables_commands(scratch, argv, backend, ensure=False)
+            netfilter.restore_iptables(scratch, cleanup, backend)
+            assert "KUBE-" not in netfilter.iptables_save(scratch, backend), case
+    finally:
+        subprocess.run(["ip", "netns", "del", scratch], check=False)
+
+
+def _line(s: socket.socket) -> dict[str, str]:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return dict(w.split("=", 1) for w in data.decode().split() if "=" in w)
+
+
+def _processes() -> list[str]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    out.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return [line for line in out if f"/{LAB} " in line or line.endswith(f"/{LAB}")]
