@@ -317,8 +317,12 @@ def _links(ns: str, lab: str, update: IpvsUpdate, add: bool) -> None:
         if add and update.full:
             # Left down, as kube-proxy leaves it: its addresses' local routes exist all
             # the same, and it never answers ARP for them.
-            r.link_add(DUMMY_DEVICE, "dummy", alias=names.owner_mark(lab), exist_ok=True,
+            r.link_add(DUMMY_DEVICE, "dummy", exist_ok=True,
                        what=f"ip -n {ns} link add {DUMMY_DEVICE} type dummy")
+            # The kernel ignores IFLA_IFALIAS when it creates a link: mark it after.
+            r.link_set(ifname=DUMMY_DEVICE, alias=names.owner_mark(lab),
+                       what=f"ip -n {ns} link set {DUMMY_DEVICE} alias "
+                            f"{names.owner_mark(lab)}")
             r.flush()
         index = r.link_index(DUMMY_DEVICE)
         for ip in ips:

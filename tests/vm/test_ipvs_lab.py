@@ -159,10 +159,12 @@ def test_virtual_servers_kube_ipvs0_and_rules_view(lab: Lab) -> None:
                f"TCP  {lab.nodes['node1']}:30080"):
         assert re.search(rf"^{re.escape(vs)} rr\s*$", text, re.M), text
         assert real_servers(text, vs) == {ep: ("Masq", 1) for ep in web}, text
-    link = subprocess.run(["ip", "-n", lab.node_ns("node1"), "-d", "addr", "show",
+    link = subprocess.run(["ip", "-n", lab.node_ns("node1"), "-d", "addr", "show", "dev",
                            "kube-ipvs0"], capture_output=True, text=True).stdout
-    assert "dummy" in link and "state DOWN" in link and f"alias labctl:{LAB}" in link
-    assert f"inet {lab.vip('web')}/32" in link
+    assert "dummy" in link, link
+    assert "state DOWN" in link, link
+    assert f"alias labctl:{LAB}" in link, link
+    assert f"inet {lab.vip('web')}/32" in link, link
     shown = labctl("rules", "node1", "--lab", LAB, timeout=300).stdout
     assert "# ipvsadm -Ln" in shown and f"{lab.vip('web')}:80" in shown
     assert "KUBE-CLUSTER-IP" in shown and "-j KUBE-NODE-PORT" in shown
