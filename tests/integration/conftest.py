@@ -60,9 +60,12 @@ def host_unchanged() -> Iterator[None]:
 
 @pytest.fixture(scope="module", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
+    """After a module, no lab it made may remain (labs that were there before it — e.g.
+    another test session's on the same host — are not this module's business)."""
+    before = set(labs_of_tests()) if IS_ROOT else set()
     yield
     if IS_ROOT:
-        labs = labs_of_tests()
+        labs = [lab for lab in labs_of_tests() if lab not in before]
         left = leftovers(labs)
         for lab in labs:  # leave the machine clean for the next module either way
             labctl("down", lab, check=False)
