@@ -23,6 +23,8 @@ from labctl.kubelet.process import CRASH_EXIT, Runner, timestamp
 from labctl.net import netns
 
 LISTEN_BACKLOG = 1024
+POD_IFACE = "eth0"
+ETH_P_ARP = 0x0806
 KILLED = -9  # what `_wait` reports for an instance ended by force (as a process would)
 
 
@@ -55,6 +57,24 @@ def open_socket(ns: str, protocol: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def announce(pod: Pod) -> None:
+    """Send a gratuitous ARP from the pod's eth0, as the CNI bridge plugin does when it
+    sets up a pod. A new pod may get the address of one deleted moments ago; the node
+    (whose probes kept that address's neighbour entry REACHABLE) and the pods on its
+    bridge would otherwise keep sending to the old pod's MAC for up to a minute."""
+    import struct
+
+    with netns.entered(pod.netns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             socket.htons(ETH_P_ARP))
+    with sock:
+        sock.bind((POD_IFACE, ETH_P_ARP))
+        mac = sock.getsockname()[4]
+        ip = socket.inet_aton(pod.ip)
+        arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, ip, bytes(6), ip)
+        sock.send(b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP) + arp)
 
 
 @dataclass

@@ -259,8 +259,13 @@ class Agent:
         else:
             previous = self.syncs
         t = time.perf_counter()
-        done = converge(kernel_from, new, previous, kernel=kernel_from is not None) \
-            if kernel_from is not None else converge(self.state, new, previous, kernel=False)
+        # In a worker thread: the loop keeps probing, relisting and answering meanwhile
+        # (a probe in flight while the loop was blocked on the rules' tools would time
+        # out and take a healthy pod out of its Services). The lock keeps it the only one.
+        if kernel_from is not None:
+            done = await asyncio.to_thread(converge, kernel_from, new, previous, kernel=True)
+        else:
+            done = await asyncio.to_thread(converge, self.state, new, previous, kernel=False)
         self.syncs = done.syncs
         changed_eps = self._endpoint_changes(self.state, new)
         self.state = new

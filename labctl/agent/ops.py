@@ -69,6 +69,9 @@ async def pods(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
             status_word = bad[0] if bad else "Running"
         out[pod.key] = {"containers": conts, "status": status_word,
                         "ready": agent.pod_ready(pod.key) and not pod.terminating,
+                        # the readiness every node's rules and DNS were last synced with
+                        "endpointsReady": pod.key not in agent.last_ready
+                        and not pod.terminating,
                         "created": agent.created.get(pod.key, 0.0),
                         "node": pod.node, "ip": pod.ip}
     return {"pods": out}

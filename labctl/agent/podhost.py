@@ -36,8 +36,9 @@ import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from labctl import names
 from labctl.agent import events, procfs
-from labctl.agent.containers import ContainerLog, EchoRunner
+from labctl.agent.containers import ContainerLog, EchoRunner, announce
 from labctl.agent.paths import READY_FD_ENV, StatePaths
 from labctl.agent.workloads import Container, Pod, Workloads, load, parse, resolve_program
 from labctl.errors import LabctlError
@@ -239,6 +240,11 @@ class PodHost:
         added: list[Pod] = []
         try:
             for pod in pods:
+                if pod.netns == names.pod_ns(self.workloads.lab, pod.namespace, pod.name):
+                    try:  # its address may have been another pod's a moment ago
+                        announce(pod)
+                    except OSError as e:
+                        log.warning("pod %s: no gratuitous ARP (%s)", pod.key, e)
                 await self.start_pods([pod])
                 added.append(pod)
                 self.workloads = replace(self.workloads, pods=(*self.workloads.pods, pod))

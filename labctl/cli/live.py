@@ -39,17 +39,29 @@ def _pod_key(lab: str, pod: str, namespace: str) -> str:
     from labctl.cli.targets import find_pod
     from labctl.lab import store
 
-    return find_pod(store.state_of(lab), pod, namespace).key
+    try:
+        return find_pod(store.state_of(lab), pod, namespace).key
+    except NotFoundError as e:  # worded as kubectl words it, like the agent's refusals
+        raise NotFoundError(f"Error from server (NotFound): {e}") from None
 
 
 def _wait_for(lab: str, key: str, want_ready: bool, timeout: float) -> bool:
-    from labctl.agent.control import pod_states
+    from labctl.agent.control import agent_pid, pod_states
     from labctl.lab import store
 
+    sdir = store.state_dir(lab)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = (pod_states(store.state_dir(lab)) or {}).get(key)
-        if info is not None and bool(info.get("ready")) == want_ready:
+        states = pod_states(sdir)
+        if states is None and agent_pid(sdir) is None:
+            raise LabctlError(f"lab {lab!r} has no running agent any more (taken down, or "
+                              f"the agent died): cannot tell whether {key} is ready")
+        info = (states or {}).get(key)
+        if states is not None and info is None:
+            raise NotFoundError(f"pod {key} is gone")
+        # the pod's Ready condition, and the rules and DNS synced with it
+        if info is not None and bool(info.get("ready")) == want_ready \
+                and bool(info.get("endpointsReady", want_ready)) == want_ready:
             return True
         time.sleep(0.1)
     return False
