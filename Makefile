@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 LABCTL  := $(VENV)/bin/labctl
 PYTEST  := $(PY) -m pytest
 
-.PHONY: setup demo test test-unit test-integration bench bench-up bench-sync bench-dns lint clean
+.PHONY: setup demo test test-unit test-integration test-ipvs test-vm bench bench-up bench-sync bench-dns lint clean
 
 STAMP   := $(VENV)/.installed
 
@@ -18,9 +18,29 @@ demo: $(STAMP)
 	$(LABCTL) down quickstart -q
 	$(LABCTL) up topologies/quickstart --tour
 
-# One pytest run, so its closing line counts every test.
+# One pytest run on the host, so its closing line counts every host test; then the
+# suite that needs IPVS (tests/vm): here if this kernel has it, else in a VM.
 test: $(STAMP) lint
 	$(PYTEST) -q tests/unit tests/integration
+	@$(MAKE) --no-print-directory test-ipvs
+
+# Does this kernel have IPVS (loaded, or a module modprobe can load)?
+HOST_IPVS := $(shell { test -e /proc/net/ip_vs || modprobe -n -q ip_vs; } 2>/dev/null && echo yes)
+VM_TESTS  ?= tests/vm
+
+ifeq ($(HOST_IPVS),yes)
+test-ipvs: $(STAMP)
+	LABCTL_REQUIRE_IPVS=1 $(PYTEST) -q -rs $(VM_TESTS)
+else
+test-ipvs: test-vm
+endif
+
+# tests/vm inside Debian's stock kernel under qemu (virtme-ng, the host's root shared
+# read-only); pytest's exit code comes back. Installs qemu & co. and caches the kernel
+# in /var/lib/labctl-vm the first time. One file: make test-vm VM_TESTS=tests/vm/x.py
+test-vm: $(STAMP)
+	@bash scripts/run-vm-tests.sh --check >/dev/null 2>&1 || VM=1 bash scripts/install-deps.sh
+	bash scripts/run-vm-tests.sh -q -rs $(VM_TESTS)
 
 test-unit: $(STAMP)
 	$(PYTEST) -q tests/unit
