@@ -361,8 +361,8 @@ class Agent:
         self.readiness_changed()
 
     def probe_restart(self, key: str, container: str, reason: str) -> None:
-        self.event("Warning", "Unhealthy", f"pod/{key}", f"container {container}: {reason}; "
-                   "it will be restarted")
+        # as the kubelet: the failed probe was reported (Unhealthy), now the kill
+        self.event("Normal", "Killing", f"pod/{key}", f"container {container}: {reason}")
         pod = next((p for p in self.base.pods if p.key == key), None)
         grace = float(pod.spec.termination_grace_period_seconds) if pod else 30.0
         self.spawn(self.podhost_call({"op": "restart", "pod": key, "container": container,

@@ -399,7 +399,7 @@ def test_liveness_failure_restarts_the_container(shared: Lab) -> None:
         eventually("lively restarted", lambda: shared.pods()["lively"].restarts > before)
         events = shared.events()
         assert "pod/default/lively" in events
-        assert "failed liveness probe, will be restarted" in events
+        assert "Killing" in events and "failed liveness probe, will be restarted" in events
         assert "container app started again" in events
     finally:
         shared.run("heal", "pod", "lively", "--wait")
