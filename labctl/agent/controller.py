@@ -250,7 +250,7 @@ class Agent:
         ready = self.readiness(self.base)
         new = with_readiness(self.base, ready)
         if full or self.syncs is None:
-            previous = None if full else {
+            previous = {n.name: sync.RELOAD for n in self.state.nodes} if full else {
                 n.name: sync.NodeSync(n.name, self.state.lab.proxy_mode, rs, 0.0, 0.0, True,
                                       inp, payload)
                 for n in self.state.nodes

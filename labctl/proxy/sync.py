@@ -77,6 +77,18 @@ def render_node(state: ClusterState, node: str, mode: str) -> Any:
 Previous = NodeSync | tuple[base.ProxyInput | None, Any] | Any
 
 
+class _Reload:
+    """`previous` for a full sync of a node whose rules exist already (a new agent
+    adopting a lab): the full payload, its chains declared, but kube-proxy's jump rules
+    not inserted again — they are there (kube-proxy checks each with `-C` first)."""
+
+    def __repr__(self) -> str:
+        return "RELOAD"
+
+
+RELOAD = _Reload()
+
+
 def render_sync(state: ClusterState, node: str, mode: str, previous: Previous = None,
                 ) -> tuple[base.ProxyInput, Any, str]:
     """The pure half of a node's sync: (input, ruleset, payload to load).
@@ -101,6 +113,9 @@ def render_ipvs_sync(state: ClusterState, node: str, previous: Previous = None,
 def _render_sync(state: ClusterState, node: str, mode: str, previous: Previous,
                  ) -> tuple[base.ProxyInput, Any, str, Any]:
     prev_inp, prev_rs = None, None
+    reload = previous is RELOAD
+    if reload:
+        previous = None
     if isinstance(previous, NodeSync):
         if previous.mode == mode:
             prev_inp, prev_rs = previous.inp, previous.ruleset
@@ -118,7 +133,7 @@ def _render_sync(state: ClusterState, node: str, mode: str, previous: Previous,
             if prev_rs is None:
                 rs = iptables.render(inp)
                 return inp, rs, with_jump_rules(rs.payload(), rs.ensure_chains(),
-                                                rs.jump_rules()), None
+                                                [] if reload else rs.jump_rules()), None
             rs, payload = iptables.render_update(prev_rs, inp)
             return inp, rs, payload, None
         if mode == "userspace":  # portal rules; "" when only endpoints changed
@@ -136,7 +151,7 @@ def _render_sync(state: ClusterState, node: str, mode: str, previous: Previous,
                 rs = ipvs.render(inp)
                 update = rs.update(None)
                 update = dataclasses.replace(update, iptables=with_jump_rules(
-                    update.iptables, rs.ensure_chains(), rs.jump_rules()))
+                    update.iptables, rs.ensure_chains(), [] if reload else rs.jump_rules()))
                 return inp, rs, rs.payload(), update
             rs, update = ipvs.render_update(prev_rs, inp)
             return inp, rs, update.text(), update
@@ -273,7 +288,8 @@ def sync_nodes(state: ClusterState, previous: dict[str, Previous] | None = None,
                                   for node, _p, _i, _r, payload, _t in rendered])
     out = {}
     for (node, prev, inp, rs, payload, secs), done in zip(rendered, loaded, strict=True):
-        full = prev is None or (isinstance(prev, NodeSync) and prev.mode != mode)
+        full = prev is None or prev is RELOAD or (
+            isinstance(prev, NodeSync) and prev.mode != mode)
         out[node.name] = NodeSync(node.name, mode, rs, secs, done.seconds, full, inp, payload)
     return out
 
@@ -302,7 +318,8 @@ def _sync_ipvs(state: ClusterState, previous: dict[str, Previous],
     out = {}
     for (node, prev, inp, rs, payload, _u, _d, secs), done in zip(rendered, applied,
                                                                   strict=True):
-        full = prev is None or (isinstance(prev, NodeSync) and prev.mode != "ipvs")
+        full = prev is None or prev is RELOAD or (
+            isinstance(prev, NodeSync) and prev.mode != "ipvs")
         out[node.name] = NodeSync(node.name, "ipvs", rs, secs, done.seconds, full, inp,
                                   payload, done.draining)
     return out
@@ -392,7 +409,8 @@ def _sync_userspace(state: ClusterState, previous: dict[str, Previous],
     out = {}
     for node, prev, inp, rs, payload, secs in rendered:
         seconds = next(loaded).seconds if payload else 0.0
-        full = prev is None or (isinstance(prev, NodeSync) and prev.mode != "userspace")
+        full = prev is None or prev is RELOAD or (
+            isinstance(prev, NodeSync) and prev.mode != "userspace")
         if full:
             t = time.perf_counter()
             netfilter.iptables_commands(node.netns, rs.jump_rules(), backend)

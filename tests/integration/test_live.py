@@ -526,6 +526,16 @@ def test_scale_up_and_down_and_bad_requests(shared: Lab) -> None:
 def test_killed_agent_loses_no_traffic_and_is_adopted(shared: Lab) -> None:
     vip = shared.vip("steady")
     before = {n: p.ip for n, p in shared.pods().items()}
+    node_ns = f"lc.{SHARED}.node.node1"
+
+    def jumps() -> list[str]:  # kube-proxy's jump rules, each must exist once
+        save = netns_exec(node_ns, ["iptables-save", "-t", "nat"]).stdout
+        return sorted(line for line in save.splitlines()
+                      if line.startswith("-A ") and "-j KUBE-" in line
+                      and line.split()[1] in ("PREROUTING", "OUTPUT", "POSTROUTING"))
+
+    jumps_before = jumps()
+    assert jumps_before
     podhost = shared.podhost_pid()
     old = shared.agent_pid()
     kill9(old)
@@ -545,6 +555,7 @@ def test_killed_agent_loses_no_traffic_and_is_adopted(shared: Lab) -> None:
     assert status_of(SHARED) == "UP"
     assert {n: p.ip for n, p in shared.pods().items()} == before  # nothing rebuilt
     assert "Adopted" in shared.events()
+    assert jumps() == jumps_before  # the full resync did not insert them again
 
     # the new agent runs the lab: a change goes through it, traffic follows
     shared.run("scale", "deployment/later", "--replicas", "2")
