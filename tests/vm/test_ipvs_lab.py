@@ -249,3 +249,21 @@ def test_removing_a_real_server_keeps_other_connections(lab: Lab) -> None:
     text = lab.ipvsadm()
     assert f"{other_ip}:8080" not in real_servers(text, f"TCP  {vip}:80"), text
     assert f"{lab.web()[serving]}:8080" in real_servers(text, f"TCP  {vip}:80")
+
+
+def test_switching_away_cleans_up(lab: Lab) -> None:
+    """`labctl proxy-mode iptables` does kube-proxy --cleanup in every node: no virtual
+    server, no kube-ipvs0, none of IPVS mode's ipsets or chains — and the Service works
+    on through iptables."""
+    labctl("proxy-mode", "iptables", "--lab", LAB, timeout=600)
+    for node in lab.nodes:
+        ns = lab.node_ns(node)
+        assert not re.search(r"^(TCP|UDP|SCTP) ", lab.ipvsadm(node), re.M)
+        assert run_in(ns, "ip", "link", "show", "kube-ipvs0").returncode != 0
+        assert "KUBE-" not in run_in(ns, "ipset", "list", "-n").stdout
+        saved = run_in(ns, "iptables-save").stdout
+        assert "KUBE-IPVS-FILTER" not in saved and "KUBE-LOAD-BALANCER" not in saved
+        assert "KUBE-SVC-" in saved
+    proc = run_in(lab.pod_ns("client"), "curl", "-s", "-m", "5",
+                  f"http://{lab.vip('web')}/", timeout=30)
+    assert re.search(r"^pod=web-", proc.stdout, re.M), proc.stdout + proc.stderr
