@@ -302,8 +302,11 @@ def logs(pod: str, container: str | None, namespace: str, follow: bool,
 
 
 from labctl.cli.apply import apply  # noqa: E402 - after cli exists
+from labctl.cli.capture import capture  # noqa: E402
+from labctl.cli.completion import attach_completions, completion  # noqa: E402
 from labctl.cli.dns import dns  # noqa: E402
 from labctl.cli.env import env  # noqa: E402
+from labctl.cli.graph import graph  # noqa: E402
 from labctl.cli.live import agent, break_, delete, events, heal, scale  # noqa: E402
 from labctl.cli.proxy import proxy, proxy_mode, rules  # noqa: E402
 
@@ -319,9 +322,13 @@ cli.add_command(env)
 cli.add_command(rules)
 cli.add_command(proxy)
 cli.add_command(proxy_mode)
+cli.add_command(graph)
+cli.add_command(capture)
+cli.add_command(completion)
 
 
 def main() -> None:
+    attach_completions(cli)  # lab, pod and node names for shell completion
     cli(prog_name="labctl")
 
 
