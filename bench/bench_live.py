@@ -315,6 +315,12 @@ def readiness_trial(lab: str, pod: Any, mode: str) -> dict[str, Any]:
         e.reason == "EndpointChanged" and f"endpoint {pod.name} is ready" in e.message
         for e in evs))
     back = nodes_leading_to(lab, mode, pod.ip)
+    if len(back) != len(per_node):
+        later, _ = read(events_path(lab), offset)
+        print(f"  ! after heal the rules lead to {pod.name} on {len(back)} of "
+              f"{len(per_node)} nodes; its events since the heal: "
+              + "; ".join(f"{clock(e.time)} {e.reason} {e.message[:60]}" for e in later
+                          if e.object == f"pod/{key}"), flush=True)
     return {"ms": (changed.time - observed.time) * 1000,
             "probe_ms": (observed.time - t_break) * 1000,
             "node_ms": per_node, "lines": lines, "nodes": len(per_node),
@@ -516,24 +522,45 @@ AGENT_PROFILER = """
 import atexit, cProfile, os, sys
 from labctl.agent import controller, ops
 out, which = sys.argv[1], sys.argv[2]
-profile = cProfile.Profile()
+loop_profile, thread_profile = cProfile.Profile(), cProfile.Profile()
+def on():
+    return os.path.exists(out + ".on")  # off while warming up (first-use imports, caches)
 def wrap(real):
     async def profiled(*args, **kw):
-        if not os.path.exists(out + ".on"):  # warming up: first-use imports and caches
+        if not on():
             return await real(*args, **kw)
-        profile.enable()
+        loop_profile.enable()
         try:
             return await real(*args, **kw)
         finally:
-            profile.disable()
+            loop_profile.disable()
     return profiled
+real_converge = controller.converge
+def converge(*args, **kw):  # the agent runs it in a worker thread (asyncio.to_thread)
+    if not on():
+        return real_converge(*args, **kw)
+    thread_profile.enable()
+    try:
+        return real_converge(*args, **kw)
+    finally:
+        thread_profile.disable()
+controller.converge = converge
 if which == "apply":
     ops.HANDLERS["apply"] = wrap(ops.HANDLERS["apply"])
 else:
     controller.Agent._resync_soon = wrap(controller.Agent._resync_soon)
-atexit.register(lambda: profile.dump_stats(out))
+atexit.register(lambda: (loop_profile.dump_stats(out),
+                         thread_profile.dump_stats(out + ".thread")))
 sys.exit(controller.main(sys.argv[-1]))
 """
+
+
+def agent_stats(path: str) -> pstats.Stats:
+    """The profiled agent's two profiles as one: its loop and its converge thread."""
+    stats = pstats.Stats(path, stream=io.StringIO())
+    if os.path.exists(path + ".thread"):
+        stats.add(path + ".thread")
+    return stats
 
 
 def profiled_agent(lab: str, which: str, out: str, warm_up: Callable[[], None],
@@ -587,16 +614,16 @@ def calls(stats: pstats.Stats, name: str) -> int:
 
 def resync_breakdown(path: str) -> list[str]:
     """ms per readiness resync in the profiled agent (break and heal alike)."""
-    stats = pstats.Stats(path, stream=io.StringIO())
+    stats = agent_stats(path)
     n = calls(stats, "lab/converge.py:converge")
     if not n:
         return ["    (no resync in the profile)"]
     parts = [
-        ("Agent._resync_soon (lock, compare, resync; CPU, not waits)",
+        ("Agent._resync_soon in the loop (lock, compare, resync; without the waits)",
          ("agent/controller.py:_resync_soon",)),
         ("  readiness + with_readiness (the EndpointSlices)",
          ("agent/controller.py:readiness", "cluster/compile.py:with_readiness")),
-        ("  converge", ("lab/converge.py:converge",)),
+        ("  converge (in a worker thread, awaited)", ("lab/converge.py:converge",)),
         ("    sync_nodes", ("proxy/sync.py:sync_nodes",)),
         ("      render_sync (every node, one after another)", ("proxy/sync.py:render_sync",)),
         ("      load_many (start each node's tool, then feed them one by one)",
@@ -614,16 +641,17 @@ def resync_breakdown(path: str) -> list[str]:
 
 def agent_breakdown(path: str, applies: int) -> list[str]:
     """ms per apply in the profiled agent. Coroutines count the time they run, not the
-    time they wait (the pod host's DNS reload is a wait)."""
-    stats = pstats.Stats(path, stream=io.StringIO())
+    time they wait (the pod host's DNS reload is a wait; so is converge, which runs in a
+    worker thread: its own profile is merged in)."""
+    stats = agent_stats(path)
     parts = [
         ("op apply (whole request in the agent)", ("agent/ops.py:apply",)),
         ("  compile_lab (load manifests + compile)", ("lab/store.py:compile_lab",)),
         ("    load_topology", ("model/load.py:load_topology",)),
         ("    compile_state", ("cluster/compile.py:compile_state",)),
-        ("  converge_to", ("agent/controller.py:converge_to",)),
-        ("    resync", ("agent/controller.py:resync",)),
-        ("      converge", ("lab/converge.py:converge",)),
+        ("  converge_to (without its waits)", ("agent/controller.py:converge_to",)),
+        ("    resync (without its waits)", ("agent/controller.py:resync",)),
+        ("      converge (worker thread, awaited)", ("lab/converge.py:converge",)),
         ("        plan render ×2 (old, new)", ("plan/render.py:render",)),
         ("        net apply_changes (kernel diff)", ("net/apply.py:apply_changes",)),
         ("        sync_nodes (render + load)", ("proxy/sync.py:sync_nodes",)),
