@@ -35,7 +35,7 @@ from labctl.agent.probing import PodProbes
 from labctl.cluster.compile import with_readiness
 from labctl.cluster.runtime import Runtime
 from labctl.cluster.state import ClusterState, PodState
-from labctl.errors import LabctlError
+from labctl.errors import LabctlError, UserError
 from labctl.lab import store
 from labctl.lab.converge import converge
 from labctl.lab.workloads import workloads_document
@@ -82,6 +82,7 @@ class Agent:
         self.terminations: dict[str, asyncio.Task] = {}  # pod key → its finish task
         self.last_ready: dict[str, bool] = {}  # the readiness self.state was made with
         self._resync_pending = False
+        self._raw_topology: Any = None
         self.adopted = False
 
     # entry
@@ -242,11 +243,13 @@ class Agent:
     def readiness(self, base: ClusterState) -> dict[str, bool]:
         return {p.key: False for p in base.pods if not self.pod_ready(p.key)}
 
-    async def resync(self, full: bool = False, kernel_from: ClusterState | None = None
-                     ) -> dict[str, float]:
+    async def resync(self, full: bool = False, kernel_from: ClusterState | None = None,
+                     wait_dns: bool = True) -> dict[str, float]:
         """Derive the EndpointSlices from readiness, converge the lab to them (and to
-        `self.base`, when `kernel_from` says what the kernel holds now), reload DNS.
-        Call with the lock held."""
+        `self.base`, when `kernel_from` says what the kernel holds now), reload DNS —
+        waiting for it, unless `wait_dns` is off (apply, scale and delete return once
+        every node's rules are in; DNS follows within a moment, as CoreDNS follows the
+        API server). Call with the lock held."""
         ready = self.readiness(self.base)
         new = with_readiness(self.base, ready)
         if full or self.syncs is None:
@@ -281,13 +284,19 @@ class Agent:
         self.save_live()
         # DNS answers from the state file converge just saved; once it has reloaded,
         # the rules and DNS both show this readiness (what `--wait` waits for).
+        if wait_dns:
+            await self.reload_dns()
+        else:
+            self.spawn(self.reload_dns())
+        await kube_proxies.ensure(self, new)  # userspace mode: the proxies reload too
+        self.last_ready = ready
+        return synced
+
+    async def reload_dns(self) -> None:
         try:
             await self.podhost_call({"op": "dns"}, 10.0)
         except LabctlError as e:
             log.error("DNS reload: %s", e)
-        await kube_proxies.ensure(self, new)  # userspace mode: the proxies reload too
-        self.last_ready = ready
-        return synced
 
     @staticmethod
     def _endpoint_changes(old: ClusterState, new: ClusterState) -> list[tuple[str, ...]]:
@@ -454,27 +463,41 @@ class Agent:
 
     def write_workloads(self, base: ClusterState) -> None:
         """workloads.json for a pod host that starts afresh: the pods that run, each
-        with the environment it started with (carried over from the file)."""
-        from labctl.lab.workloads import carry_over
-
-        doc = workloads_document(replace(base, pods=tuple(p for p in base.pods
-                                                          if not p.terminating)))
+        with the environment it started with (kept from the file; only pods new to it
+        get theirs computed — the env of a pod costs every Service's variables)."""
         path = os.path.join(self.state_dir, "workloads.json")
+        old: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError), open(path) as f:
-            doc = carry_over(doc, json.load(f))
+            old = json.load(f)
+        have = {f"{e['namespace']}/{e['name']}": e for e in old.get("pods", [])}
+        running = [p for p in base.pods if not p.terminating]
+        fresh = workloads_document(replace(base, pods=tuple(p for p in running
+                                                            if p.key not in have)))
+        keys = {p.key for p in running}
+        pods = [e for k, e in have.items() if k in keys] + fresh["pods"]
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
-            json.dump(doc, f)
+            f.write(json.dumps({**fresh, "pods": pods}))
         os.replace(tmp, path)
 
     async def podhost_add(self, keys: list[str], base: ClusterState) -> None:
-        doc = workloads_document(base)
         wanted = set(keys)
+        doc = workloads_document(replace(base, pods=tuple(p for p in base.pods
+                                                          if p.key in wanted)))
         docs = [p for p in doc["pods"] if f"{p['namespace']}/{p['name']}" in wanted]
         if docs:
             await self.podhost_call({"op": "add", "pods": docs}, 60.0)
 
     # changes
+
+    def raw_topology(self) -> Any:
+        """The lab's manifests as loaded (cached until `apply` replaces them)."""
+        if self._raw_topology is None:
+            from labctl.model.load import load_topology
+
+            self._raw_topology, _ = load_topology(store.manifest_copies(self.lab),
+                                                  lab_name=self.lab)
+        return self._raw_topology
 
     async def change(self, runtime: Runtime | None = None,
                      grace: dict[str, float] | None = None) -> dict[str, Any]:
@@ -483,26 +506,33 @@ class Agent:
         are now terminating (`grace` overrides their grace periods). A running pod the
         new manifests no longer have (a Deployment deleted, its template changed) is not
         dropped: it terminates gracefully like any deleted pod. Call with the lock held."""
-        new_runtime = runtime or self.runtime
+        new_base, new_runtime = self.compile(runtime or self.runtime)
+        return await self.converge_to(new_base, new_runtime, grace or {})
+
+    def compile(self, runtime: Runtime, topology: Any = None) -> tuple[ClusterState, Runtime]:
+        """The lab `topology` (default: its manifests) describes, as `runtime` changes
+        it, continuing the running one; running pods it no longer has terminate."""
+        topology = topology if topology is not None else self.raw_topology()
         try:
-            new_base = store.compile_lab(self.lab, previous=self.base, runtime=new_runtime)
+            new_base = store.compile_lab(self.lab, previous=self.base, runtime=runtime,
+                                         topology=topology)
             keys = {p.key for p in new_base.pods}
             vanished = [p.key for p in self.base.pods
                         if not p.terminating and p.key not in keys]
             if vanished:
-                new_runtime = new_runtime.with_terminating(vanished)
-                new_base = store.compile_lab(self.lab, previous=self.base,
-                                             runtime=new_runtime)
+                runtime = runtime.with_terminating(vanished)
+                new_base = store.compile_lab(self.lab, previous=self.base, runtime=runtime,
+                                             topology=topology)
+        except UserError:
+            raise
         except LabctlError as e:
             raise RequestError(str(e)) from e
-        return await self.converge_to(new_base, new_runtime, grace or {})
+        return new_base, runtime
 
     def topology(self) -> Any:
         from labctl.cluster.addons import with_addons
-        from labctl.model.load import load_topology
 
-        topology, _ = load_topology(store.manifest_copies(self.lab), lab_name=self.lab)
-        return self.runtime.visible(with_addons(topology))
+        return self.runtime.visible(with_addons(self.raw_topology()))
 
     def workload_exists(self, kind: str, namespace: str, name: str) -> bool:
         topo = self.topology()
@@ -543,8 +573,9 @@ class Agent:
             self.stop_probes(k)
         t = time.perf_counter()
         # 1. kernel objects for new pods (not ready yet), rules without what is gone
-        synced = await self.resync(kernel_from=old_base)
-        self.write_workloads(new_base)
+        synced = await self.resync(kernel_from=old_base, wait_dns=False)
+        if added or removed or newly_terminating or revived:
+            self.write_workloads(new_base)
         # 2. their containers, then their readiness
         started = added + revived
         if started:
@@ -558,7 +589,7 @@ class Agent:
             self.containers = await self.relist()
             for k in started:
                 self.start_probes(after[k])
-            synced = await self.resync()
+            synced = await self.resync(wait_dns=False)
         for k in removed:
             self.created.pop(k, None)
             self.event("Normal", "Deleted", f"pod/{k}", "pod removed")

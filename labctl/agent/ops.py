@@ -118,17 +118,101 @@ async def heal_pod(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
 
 @op("apply")
 async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
-    """The lab's manifests were replaced (`labctl apply`): compile them with what scale
-    and delete did, forget deletions of objects the files name again, converge."""
-    named = [str(k) for k in req.get("named") or []]
+    """`labctl apply -f FILES [--dry-run]`: load and check the files (every error, with
+    its place: a "userError" reply, exit 2), compile them with what scale and delete did
+    (deletions of objects the files name again are forgotten; a spec.replicas the files
+    change wins over `labctl scale`), then converge — or, dry, say what would change."""
+    from dataclasses import replace
+
+    from labctl.cluster.diff import object_changes, pod_changes
+    from labctl.cluster.runtime import object_key
+    from labctl.errors import UserError
+    from labctl.lab import store
+    from labctl.model.load import load_topology
+
+    files = [str(f) for f in req.get("files") or []]
+    try:
+        topology, warnings = load_topology(files, lab_name=agent.lab)
+    except UserError as e:
+        return {"userError": e.format(), "exitCode": e.exit_code}
+    if topology.lab.name != agent.lab:
+        raise _error(f"the files describe lab {topology.lab.name!r}, not {agent.lab!r}")
     async with agent.lock:
+        old = agent.raw_topology()
+        if replace(old.lab, proxy_mode="", source=None) != \
+                replace(topology.lab, proxy_mode="", source=None):
+            raise _error("the Lab document changed (nodes or address ranges): that needs "
+                         f"`labctl down {agent.lab}` and `labctl up` again")
+        named = [object_key(kind, o.meta.namespace, o.meta.name)
+                 for kind, items in (("Pod", topology.pods),
+                                     ("Deployment", topology.deployments),
+                                     ("StatefulSet", topology.statefulsets),
+                                     ("Service", topology.services),
+                                     ("EndpointSlice", topology.endpoint_slices))
+                 for o in items]
+        reset = _replicas_changed(old, topology)
         runtime = agent.runtime.forget_deleted(named)
-        if req.get("resetReplicas"):
-            runtime = Runtime(replicas={k: v for k, v in runtime.replicas.items()
-                                        if k not in set(req["resetReplicas"])},
-                              generations=runtime.generations, deleted=runtime.deleted,
-                              terminating=runtime.terminating)
-        return await agent.change(runtime)
+        runtime = Runtime(replicas={k: v for k, v in runtime.replicas.items()
+                                    if k not in reset},
+                          generations=runtime.generations, deleted=runtime.deleted,
+                          terminating=runtime.terminating)
+        try:
+            new_base, runtime = agent.compile(runtime, topology)
+        except UserError as e:
+            return {"userError": e.format(), "exitCode": e.exit_code}
+        mode_now, mode_files = agent.state.lab.proxy_mode, topology.lab.proxy_mode
+        switch = mode_files if mode_files not in (old.lab.proxy_mode, mode_now) else ""
+        if switch:
+            from labctl.proxy import sync
+
+            sync.check(replace(new_base, lab=replace(new_base.lab, proxy_mode=switch)))
+        new_base = replace(new_base, lab=replace(new_base.lab, proxy_mode=mode_now))
+        changes = object_changes(old, topology)
+        created, deleted, changed = pod_changes(agent.base, new_base)
+        result: dict[str, Any] = {
+            "changes": changes, "created": created,
+            "terminating": sorted(set(deleted) | set(changed)),
+            "proxyMode": [mode_now, switch] if switch else None,
+            "warnings": [d.format() for d in warnings if d.severity == "warning"]}
+        if req.get("dryRun"):
+            from labctl.plan.commands import diff_commands
+            from labctl.plan.diff import diff
+            from labctl.plan.render import render
+
+            result["commands"] = diff_commands(diff(render(agent.base), render(new_base)))
+            return result
+        if not changes and not switch:
+            return result
+        store.replace_manifests(agent.lab, files)
+        agent._raw_topology = topology  # noqa: SLF001 - the cache of what was just copied
+        for obj, verb in changes:
+            agent.event("Normal", verb.capitalize(), obj, f"{obj} {verb} by labctl apply")
+        if changes:
+            done = await agent.converge_to(new_base, runtime, {})
+            result["synced"] = done["synced"]
+            result["terminating"] = sorted(set(result["terminating"]) | set(done["terminating"]))
+        if switch:
+            await switch_mode(agent, switch)
+            rec = store.load(agent.lab)
+            if rec is not None:
+                rec.proxy_mode = switch
+                store.save(rec)
+    return result
+
+
+def _replicas_changed(old: Any, new: Any) -> set[str]:
+    """Workloads whose spec.replicas the new files change: `kubectl apply` sets them,
+    so what `labctl scale` set for them is forgotten."""
+    from labctl.cluster.runtime import object_key
+
+    def counts(t: Any) -> dict[str, int]:
+        return {object_key(kind, o.meta.namespace, o.meta.name): o.replicas
+                for kind, items in (("Deployment", t.deployments),
+                                    ("StatefulSet", t.statefulsets))
+                for o in items}
+
+    before, after = counts(old), counts(new)
+    return {k for k, v in after.items() if before.get(k) != v}
 
 
 @op("scale")
@@ -194,26 +278,30 @@ async def delete_objects(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
 @op("proxy-mode")
 async def proxy_mode(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
     """`labctl proxy-mode MODE`: every node's rules switched, under the agent's lock so
-    no resync of the old mode can slip in between. Userspace mode's proxy processes
-    start (and answer) before its rules send traffic to them; leaving it, the resync
-    stops them once the new rules are in."""
+    no resync of the old mode can slip in between."""
+    async with agent.lock:
+        return {"seconds": await switch_mode(agent, str(req.get("mode")))}
+
+
+async def switch_mode(agent: Agent, mode: str) -> dict[str, float]:
+    """Switch every node to `mode` (call with the lock held). Userspace mode's proxy
+    processes start (and answer) before its rules send traffic to them; leaving it, the
+    resync stops them once the new rules are in."""
     from dataclasses import replace
 
     from labctl.lab.lifecycle import switch_rules
 
-    mode = str(req.get("mode"))
-    async with agent.lock:
-        if mode == "userspace" and agent.state.lab.proxy_mode != mode:
-            from labctl.agent import kube_proxies
+    if mode == "userspace" and agent.state.lab.proxy_mode != mode:
+        from labctl.agent import kube_proxies
 
-            new_lab = replace(agent.state.lab, proxy_mode=mode)
-            await kube_proxies.ensure(agent, replace(agent.state, lab=new_lab), wait=True,
-                                      strict=True)
-        seconds = switch_rules(agent.state, mode)
-        agent.base = replace(agent.base, lab=replace(agent.base.lab, proxy_mode=mode))
-        agent.state = replace(agent.state, lab=replace(agent.state.lab, proxy_mode=mode))
-        agent.syncs = None
-        agent.event("Normal", "ProxyModeChanged", f"lab/{agent.lab}",
-                    f"kube-proxy mode is now {mode} on every node")
-        await agent.resync()  # from what switch_rules loaded: nothing to send
-    return {"seconds": seconds}
+        new_lab = replace(agent.state.lab, proxy_mode=mode)
+        await kube_proxies.ensure(agent, replace(agent.state, lab=new_lab), wait=True,
+                                  strict=True)
+    seconds = switch_rules(agent.state, mode)
+    agent.base = replace(agent.base, lab=replace(agent.base.lab, proxy_mode=mode))
+    agent.state = replace(agent.state, lab=replace(agent.state.lab, proxy_mode=mode))
+    agent.syncs = None
+    agent.event("Normal", "ProxyModeChanged", f"lab/{agent.lab}",
+                f"kube-proxy mode is now {mode} on every node")
+    await agent.resync()  # from what switch_rules loaded: nothing to send
+    return seconds

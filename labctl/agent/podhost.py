@@ -79,6 +79,7 @@ class PodHost:
         self.dns_sockets: list[socket.socket] = []  # opened at start-up, served after
         self.dns_pods: dict[str, list[socket.socket]] = {}
         self.removing: set[str] = set()
+        self.dns_lock = asyncio.Lock()  # one zone rebuild at a time, in order
 
     # entry
 
@@ -347,9 +348,10 @@ class PodHost:
             else:
                 runner.crash(bool(req.get("on", True)))
             return {"ok": True}
-        if op == "dns":
+        if op == "dns":  # the zone is built in a thread: the pods' servers keep serving
             if self.cluster_dns is not None:
-                self.cluster_dns.reload()
+                async with self.dns_lock:
+                    await asyncio.to_thread(self.cluster_dns.reload)
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r} (known: status, pods, add, remove, "
                                       "restart, crash, dns)"}

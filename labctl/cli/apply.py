@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-from labctl.cli.common import CONTEXT, handle_errors, print_warnings
+from labctl.cli.common import CONTEXT, handle_errors
+from labctl.cli.output import err
 
 
 @click.command(context_settings=CONTEXT)
@@ -28,11 +31,16 @@ def apply(files: tuple[str, ...], dry_run: bool, lab_name: str | None) -> None:
     \b
     Example:  labctl apply -f topologies/quickstart --dry-run
     """
-    from labctl.lab import lifecycle
+    from labctl.lab import remote, store
 
-    lab = lifecycle.pick_lab(lab_name)
-    result = lifecycle.apply(lab, files, dry_run)
-    print_warnings(result.warnings)
+    lab = store.pick_lab(lab_name)
+    try:
+        result = remote.apply(lab, files, dry_run)
+    except remote.AppliedUserError as e:
+        err(e.text)
+        sys.exit(e.exit_code)
+    for text in result.warnings:
+        err(text)
     if not result.changes and not result.proxy_mode:
         click.echo("no changes")
         return

@@ -143,14 +143,17 @@ def state_of(lab: str) -> ClusterState:
 
 
 def compile_lab(lab: str, previous: ClusterState | None = None, runtime: Any = None,
-                files: Sequence[str] | None = None) -> ClusterState:
-    """Compile the lab's manifests (or `files`) with its add-ons, continuing `previous`
-    as `runtime` changed it, in the proxy mode `labctl proxy-mode` chose (if any)."""
+                files: Sequence[str] | None = None, topology: Any = None) -> ClusterState:
+    """Compile the lab's manifests (or `files`, or a `topology` already loaded from
+    them) with its add-ons, continuing `previous` as `runtime` changed it, in the proxy
+    mode `labctl proxy-mode` chose (if any)."""
     from labctl.cluster.addons import with_addons
     from labctl.cluster.compile import compile_state
     from labctl.model.load import load_topology
 
-    topology, _warnings = load_topology(list(files or manifest_copies(lab)), lab_name=lab)
+    if topology is None:
+        topology, _warnings = load_topology(list(files or manifest_copies(lab)),
+                                            lab_name=lab)
     state = compile_state(with_addons(topology), previous=previous, runtime=runtime)
     rec = load(lab)
     if rec is not None and rec.proxy_mode:
@@ -245,3 +248,18 @@ def replace_manifests(lab: str, files: Sequence[str]) -> None:
     if rec is not None:
         rec.files = [os.path.abspath(f) for f in files]
         save(rec)
+
+
+def pick_lab(lab: str | None) -> str:
+    """The lab a command means: the one named, or the only one that exists."""
+    labs = sorted(set(known_labs()))
+    if lab:
+        if lab not in labs:
+            raise NotFoundError(f"no lab named {lab!r}" +
+                                (f"; labs: {', '.join(labs)}" if labs else "; no lab is up"))
+        return lab
+    if not labs:
+        raise NotFoundError("no lab is up; start one with `labctl up FILE`")
+    if len(labs) > 1:
+        raise NotFoundError(f"several labs are up ({', '.join(labs)}); choose one with --lab")
+    return labs[0]

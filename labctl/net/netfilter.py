@@ -62,18 +62,35 @@ RESTORE_FLAGS = ("--noflush", "--counters", "-w")  # kube-proxy's, plus waiting 
 
 def load_many(loads: Sequence[tuple[str, Sequence[str], str]]) -> list[Loaded]:
     """Run several loads at once, each (namespace, argv, input) in its own namespace:
-    the nodes' tools run in parallel, as each node's kube-proxy would."""
+    the nodes' tools run in parallel, as each node's kube-proxy would (each is fed and
+    waited for by its own thread, so no node waits for another's input)."""
+    import threading
+
     started = []
     for ns, argv, payload in loads:
         with netns.entered(ns):
             proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         started.append((ns, argv, payload, proc, time.perf_counter()))
+    results: list[tuple[str, float]] = [("", 0.0)] * len(started)
+
+    def feed(i: int) -> None:
+        _ns, _argv, payload, proc, t = started[i]
+        _stdout, stderr = proc.communicate(payload)
+        results[i] = (stderr, time.perf_counter() - t)
+
+    threads = [threading.Thread(target=feed, args=(i,), name="load") for i in
+               range(1, len(started))]
+    for th in threads:
+        th.start()
+    if started:
+        feed(0)
+    for th in threads:
+        th.join()
     out = []
     failure = None
-    for ns, argv, payload, proc, t in started:
-        _stdout, stderr = proc.communicate(payload)
-        out.append(Loaded(argv[0], time.perf_counter() - t))
+    for (ns, argv, _payload, proc, _t), (stderr, secs) in zip(started, results, strict=True):
+        out.append(Loaded(argv[0], secs))
         if proc.returncode != 0 and failure is None:
             failure = NetfilterError(f"{argv[0]} in {ns} failed (exit {proc.returncode}): "
                                      f"{stderr.strip()[:2000]}")

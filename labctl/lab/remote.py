@@ -1,0 +1,75 @@
+"""Changes a running lab's agent makes for the CLI, kept light to import: `labctl apply`
+runs in well under a second, most of it the agent's own work (it has the lab loaded).
+
+The agent loads and checks the files, compiles and converges (labctl/agent/ops.py);
+this side only holds the lab's lock, asks, and turns the answer into an ApplyResult or
+the user's error (exit 2, every diagnostic in its place)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from labctl.errors import LabctlError, NotFoundError
+
+
+class AppliedUserError(LabctlError):
+    """The agent found errors in the files: its formatted diagnostics."""
+
+    exit_code = 2
+
+    def __init__(self, text: str, exit_code: int = 2) -> None:
+        super().__init__(text)
+        self.text = text
+        self.exit_code = exit_code
+
+
+@dataclass
+class ApplyResult:
+    lab: str
+    changes: list[tuple[str, str]]  # (kind/name, created | configured | deleted)
+    synced: dict[str, float] = field(default_factory=dict)
+    pods: dict[str, list[str]] = field(default_factory=dict)  # created / terminating
+    proxy_mode: tuple[str, str] | None = None  # (old, new) when the mode changes
+    warnings: list[str] = field(default_factory=list)  # formatted
+    commands: list[str] = field(default_factory=list)  # dry run: the kernel change
+
+
+def apply(lab: str, paths: Sequence[str], dry_run: bool = False) -> ApplyResult:
+    """Bring a running lab to new manifests, as `kubectl apply` does a cluster: the
+    agent compiles them (with what `scale` and `delete` did since), creates the new
+    pods, terminates the removed ones gracefully, syncs every node's rules and DNS —
+    the same converge path `up` takes. A changed spec.proxyMode switches the mode.
+    Invalid files change nothing: every error is reported (exit 2). Running pods keep
+    the environment they started with, as with a kubelet."""
+    from labctl.agent import control
+    from labctl.lab import store
+
+    if store.load(lab) is None:
+        raise NotFoundError(f"lab {lab!r} is not up")
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise LabctlError(f"no such file or folder: {', '.join(missing)}")
+    sdir = store.state_dir(lab)
+    with store.locked(lab):
+        if control.agent_pid(sdir) is None:
+            raise LabctlError(f"lab {lab!r} has no running agent; start one with "
+                              f"`labctl agent restart --lab {lab}` (or `labctl up`)")
+        reply = control.request(sdir, {"op": "apply", "dryRun": dry_run,
+                                       "files": [os.path.abspath(p) for p in paths]},
+                                timeout=180.0)
+    if not reply.get("ok"):
+        if reply.get("notfound"):
+            raise NotFoundError(str(reply.get("error")))
+        raise LabctlError(str(reply.get("error", "the agent refused")))
+    if reply.get("userError"):
+        raise AppliedUserError(str(reply["userError"]), int(reply.get("exitCode") or 2))
+    mode = reply.get("proxyMode")
+    return ApplyResult(
+        lab, [(str(o), str(v)) for o, v in reply.get("changes", [])],
+        synced=dict(reply.get("synced") or {}),
+        pods={"created": list(reply.get("created", [])),
+              "terminating": list(reply.get("terminating", []))},
+        proxy_mode=(str(mode[0]), str(mode[1])) if mode else None,
+        warnings=list(reply.get("warnings", [])), commands=list(reply.get("commands", [])))
