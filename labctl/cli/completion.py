@@ -130,10 +130,11 @@ def _walk(cmd: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
             yield from _walk(sub, f"{path} {name}".strip())
 
 
-def attach_completions(cli: click.Command) -> None:
+def attach_completions(cli: click.Command, prefix: str = "") -> None:
     """Give the commands' parameters their lab-aware completions (idempotent; a
-    parameter that already has its own completion keeps it)."""
-    for path, cmd in _walk(cli, ""):
+    parameter that already has its own completion keeps it). `prefix`: the path of
+    `cli` itself when it is a subcommand loaded on demand."""
+    for path, cmd in _walk(cli, prefix):
         for param in cmd.params:
             fn = COMPLETERS.get((path, param.name or ""))
             if fn is None and param.name == "lab_name":

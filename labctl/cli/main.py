@@ -15,8 +15,39 @@ from labctl.cli.common import CONTEXT, handle_errors, print_warnings
 from labctl.cli.output import age, err, table
 from labctl.errors import LabctlError
 
+# Commands kept in their own modules, imported only when used (`labctl apply` should
+# not pay for `labctl graph`'s imports): name → "module:attribute".
+LAZY = {
+    "agent": "labctl.cli.live:agent", "apply": "labctl.cli.apply:apply",
+    "break": "labctl.cli.live:break_", "capture": "labctl.cli.capture:capture",
+    "completion": "labctl.cli.completion:completion", "delete": "labctl.cli.live:delete",
+    "dns": "labctl.cli.dns:dns", "env": "labctl.cli.env:env",
+    "events": "labctl.cli.live:events", "graph": "labctl.cli.graph:graph",
+    "heal": "labctl.cli.live:heal", "proxy": "labctl.cli.proxy:proxy",
+    "proxy-mode": "labctl.cli.proxy:proxy_mode", "rules": "labctl.cli.proxy:rules",
+    "scale": "labctl.cli.live:scale",
+}
 
-@click.group(context_settings=CONTEXT)
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands or name not in LAZY:
+            return super().get_command(ctx, name)
+        import importlib
+
+        from labctl.cli.completion import attach_completions
+
+        module, _, attr = LAZY[name].partition(":")
+        cmd: click.Command = getattr(importlib.import_module(module), attr)
+        attach_completions(cmd, name)
+        self.add_command(cmd, name)
+        return cmd
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT)
 @click.version_option(package_name="labctl")
 def cli() -> None:
     """Build a real Kubernetes Service network on this host from ordinary manifests.
@@ -301,33 +332,9 @@ def logs(pod: str, container: str | None, namespace: str, follow: bool,
         pass
 
 
-from labctl.cli.apply import apply  # noqa: E402 - after cli exists
-from labctl.cli.capture import capture  # noqa: E402
-from labctl.cli.completion import attach_completions, completion  # noqa: E402
-from labctl.cli.dns import dns  # noqa: E402
-from labctl.cli.env import env  # noqa: E402
-from labctl.cli.graph import graph  # noqa: E402
-from labctl.cli.live import agent, break_, delete, events, heal, scale  # noqa: E402
-from labctl.cli.proxy import proxy, proxy_mode, rules  # noqa: E402
-
-cli.add_command(apply)
-cli.add_command(agent)
-cli.add_command(scale)
-cli.add_command(delete)
-cli.add_command(break_)
-cli.add_command(heal)
-cli.add_command(events)
-cli.add_command(dns)
-cli.add_command(env)
-cli.add_command(rules)
-cli.add_command(proxy)
-cli.add_command(proxy_mode)
-cli.add_command(graph)
-cli.add_command(capture)
-cli.add_command(completion)
-
-
 def main() -> None:
+    from labctl.cli.completion import attach_completions
+
     attach_completions(cli)  # lab, pod and node names for shell completion
     cli(prog_name="labctl")
 
