@@ -19,20 +19,28 @@ Per node and sync, all in the calling thread while it is inside the node's names
 A real server that is removed while it still has connections is not deleted at once:
 like kube-proxy's graceful termination, its weight drops to 0 (no new connections)
 and a later sync deletes it once its connections are gone.
+
+pyroute2's synchronous API runs its own asyncio loop, which it cannot do in a thread
+that already runs one (the agent's): called from such a thread, the entry points here
+run in a helper thread of their own, which enters the namespace, opens, uses and
+closes its handle itself (no handle ever crosses threads).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from labctl import names
 from labctl.errors import LabctlError
@@ -58,6 +66,40 @@ Draining = tuple[tuple[VirtualServer, RealServer], ...]
 
 class IpvsError(LabctlError):
     pass
+
+
+class IpvsUnavailable(IpvsError):
+    """The kernel has no IPVS (no generic netlink family IPVS)."""
+
+
+T = TypeVar("T")
+
+
+def off_loop(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run `fn` in a helper thread when the calling thread runs an asyncio loop (see the
+    module docstring); otherwise in the calling thread."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args, **kwargs)
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["result"] = fn(*args, **kwargs)
+            except BaseException as e:  # handed to the caller below
+                box["error"] = e
+
+        helper = threading.Thread(target=run, name=f"labctl-ipvs-{fn.__name__}")
+        helper.start()
+        helper.join()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    return wrapper
 
 
 # ----------------------------------------------------------------- pyroute2
@@ -122,8 +164,8 @@ def _open_handle() -> Any:
     try:
         return _pyroute2().IPVS()
     except Exception as e:  # pyroute2's NetlinkError: no IPVS family (ip_vs missing)
-        raise IpvsError(f"cannot open IPVS (generic netlink family IPVS): {e}; the kernel "
-                        "lacks ip_vs") from e
+        raise IpvsUnavailable(f"cannot open IPVS (generic netlink family IPVS): {e}; the "
+                              "kernel lacks ip_vs") from e
 
 
 def _svc_add(h: Any, vs: VirtualServer) -> None:
@@ -242,6 +284,7 @@ def _dump(h: Any) -> list[Service]:
     return out
 
 
+@off_loop
 def dump(ns: str) -> list[Service]:
     """Every virtual server in a node namespace, with its real servers and their
     connection counts."""
@@ -265,6 +308,7 @@ def format_list(services: Sequence[Service]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@off_loop
 def list_text(ns: str) -> str:
     """`ipvsadm -Ln` run in the node (or the same from netlink without the binary)."""
     if shutil.which("ipvsadm"):
@@ -409,6 +453,7 @@ def apply(ns: str, lab: str, load: NodeLoad, iptables_argv: Sequence[str],
     return Applied(time.perf_counter() - t, draining)
 
 
+@off_loop
 def apply_many(loads: Sequence[NodeLoad], lab: str, iptables_argv: Sequence[str]
                ) -> list[Applied]:
     """Every node's sync, one node after the other."""
@@ -419,11 +464,12 @@ def apply_many(loads: Sequence[NodeLoad], lab: str, iptables_argv: Sequence[str]
 # ----------------------------------------------------------------- cleanup
 
 
+@off_loop
 def cleanup(ns: str, iptables_binary: str, iptables_restore: Sequence[str]) -> None:
     """kube-proxy --cleanup in IPVS mode: every virtual server, kube-ipvs0, kube-proxy's
     chains (jumps first), then its ipsets (no rule may use a set being destroyed).
-    Idempotent: what is already gone is skipped."""
-    with contextlib.suppress(IpvsError), handle_in(ns) as h:
+    Idempotent: what is already gone is skipped (and without IPVS, there is none)."""
+    with contextlib.suppress(IpvsUnavailable), handle_in(ns) as h:
         for svc in _dump(h):
             _svc_del(h, svc.vs)
     with netns.entered(ns), Rtnl() as r:
@@ -548,6 +594,7 @@ def _probe_matches(iptables_restore: Sequence[str]) -> list[str]:
     return missing
 
 
+@off_loop
 def probe(scheduler: str, iptables_restore: Sequence[str]) -> list[str]:
     """What IPVS mode needs and this kernel or system lacks ([] = nothing), found in a
     throw-away namespace so the host is left as it was (modules that exist may be

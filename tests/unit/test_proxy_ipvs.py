@@ -932,3 +932,33 @@ def test_rules_view_keeps_one_services_blocks() -> None:
         "  -> 10.244.1.7:8080             Masq    1      1          0"]
     ipt = "*filter\n:X - [0:0]\n-A X -s 1.2.3.4 -j DROP\n-A X -s 1.2.3.40 -j DROP\nCOMMIT\n"
     assert _filter_iptables(ipt, {"1.2.3.4"}) == "*filter\n-A X -s 1.2.3.4 -j DROP\nCOMMIT\n"
+
+
+def test_kernel_entry_points_leave_a_running_event_loop_alone() -> None:
+    """pyroute2's sync API cannot run in a thread that runs an asyncio loop (the agent's):
+    net/ipvs's entry points then run in a helper thread, exceptions included."""
+    import asyncio
+    import threading
+
+    from labctl.net.ipvs import off_loop
+
+    @off_loop
+    def where(fail: bool = False) -> tuple[str, bool]:
+        try:
+            asyncio.get_running_loop()
+            running = True
+        except RuntimeError:
+            running = False
+        if fail:
+            raise ValueError("boom")
+        return threading.current_thread().name, running
+
+    assert where() == (threading.current_thread().name, False)
+
+    async def in_loop() -> tuple[str, bool]:
+        with pytest.raises(ValueError, match="boom"):
+            where(fail=True)
+        return where()
+
+    name, running = asyncio.run(in_loop())
+    assert name == "labctl-ipvs-where" and not running

@@ -267,3 +267,14 @@ def test_switching_away_cleans_up(lab: Lab) -> None:
     proc = run_in(lab.pod_ns("client"), "curl", "-s", "-m", "5",
                   f"http://{lab.vip('web')}/", timeout=30)
     assert re.search(r"^pod=web-", proc.stdout, re.M), proc.stdout + proc.stderr
+
+
+def test_switching_back_to_ipvs(lab: Lab) -> None:
+    """`labctl proxy-mode ipvs` (the agent loads every node in full): virtual servers
+    again, and the Service answers through IPVS."""
+    labctl("proxy-mode", "ipvs", "--lab", LAB, timeout=600)
+    text = lab.ipvsadm("node2")
+    assert re.search(rf"^TCP  {re.escape(lab.vip('web'))}:80 rr\s*$", text, re.M), text
+    proc = run_in(lab.pod_ns("client"), "curl", "-s", "-m", "5",
+                  f"http://{lab.vip('web')}/", timeout=30)
+    assert re.search(r"^pod=web-", proc.stdout, re.M), proc.stdout + proc.stderr
