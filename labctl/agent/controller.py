@@ -644,6 +644,10 @@ class Agent:
                 reply = {"ok": False, "error": str(e), "notfound": e.notfound}
             except LabctlError as e:
                 reply = {"ok": False, "error": str(e)}
+            except Exception as e:  # noqa: BLE001 - a bug: say so, and keep serving
+                log.exception("request %s failed", line[:200])
+                reply = {"ok": False, "error": f"internal error in the agent: "
+                                              f"{type(e).__name__}: {e} (see {self.paths.logfile})"}
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except (TimeoutError, OSError):
