@@ -9,7 +9,7 @@ kept, so applying a change does not renumber the pods that stay.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 
 def node_subnets(pod_cidr: str, count: int, prefix: int = 24) -> list[ipaddress.IPv4Network]:
@@ -30,10 +30,21 @@ def pod_capacity(subnet: ipaddress.IPv4Network) -> int:
 def assign_pod_ips(subnet: ipaddress.IPv4Network, pod_keys: Sequence[str],
                    previous: Mapping[str, str]) -> dict[str, str] | None:
     """Addresses for the pods of one node, or None when the subnet is exhausted."""
-    hosts = list(subnet.hosts())[1:]  # .1 is the gateway
-    taken = {previous[k] for k in pod_keys if k in previous
-             and ipaddress.IPv4Address(previous[k]) in subnet}
-    free = iter(str(h) for h in hosts if str(h) not in taken)
+    first = int(subnet.network_address) + 2  # .1 is the gateway
+    last = int(subnet.broadcast_address) - 1
+    taken: set[str] = set()
+    for k in pod_keys:
+        ip = previous.get(k)
+        if ip is not None and first <= _int(ip) <= last:
+            taken.add(ip)
+
+    def free_addresses() -> Iterator[str]:
+        for n in range(first, last + 1):
+            ip = _str(n)
+            if ip not in taken:
+                yield ip
+
+    free = free_addresses()
     out: dict[str, str] = {}
     for key in sorted(pod_keys):
         ip = previous.get(key)
@@ -43,6 +54,15 @@ def assign_pod_ips(subnet: ipaddress.IPv4Network, pod_keys: Sequence[str],
                 return None
         out[key] = ip
     return out
+
+
+def _int(ip: str) -> int:
+    a, b, c, d = (int(x) for x in ip.split("."))
+    return (a << 24) | (b << 16) | (c << 8) | d
+
+
+def _str(n: int) -> str:
+    return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
 
 
 def node_network(node_cidr: str, nodes: int) -> tuple[list[str], str]:
