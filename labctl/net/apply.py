@@ -275,8 +275,11 @@ class _Run:
         touched = set()
         for br in bridges:
             self.sock(br.netns).link_add(
-                br.ifname, "bridge", up=True, alias=mark, exist_ok=exist_ok,
+                br.ifname, "bridge", up=True, address=br.mac, exist_ok=exist_ok,
                 what=f"ip -n {br.netns} link add {br.ifname} type bridge")
+            self.sock(br.netns).link_set(  # the kernel ignores an alias at creation
+                ifname=br.ifname, alias=mark,
+                what=f"ip -n {br.netns} link set {br.ifname} alias {mark}")
             touched.add(br.netns)
         self._flush(touched)
 
@@ -290,11 +293,14 @@ class _Run:
                 fd = os.open(netns.path(v.peer_netns), os.O_RDONLY | os.O_CLOEXEC)
                 fds.append(fd)
                 self.sock(v.netns).link_add(
-                    v.ifname, "veth", up=True, alias=mark,
+                    v.ifname, "veth", up=True,
                     master=self.index[v.netns, v.master] if v.master else 0,
                     peer=v.peer_ifname, peer_ns_fd=fd, exist_ok=exist_ok,
                     what=f"ip -n {v.netns} link add {v.ifname} type veth peer name "
                          f"{v.peer_ifname} netns {v.peer_netns}")
+                self.sock(v.netns).link_set(
+                    ifname=v.ifname, alias=mark,
+                    what=f"ip -n {v.netns} link set {v.ifname} alias {mark}")
                 touched.add(v.netns)
             for v in veths:  # after creation: a port's options need it enslaved first
                 if v.hairpin:

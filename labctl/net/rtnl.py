@@ -30,6 +30,7 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 NLMSG_ERROR = 2
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_DELADDR, RTM_NEWROUTE, RTM_DELROUTE = 20, 21, 24, 25
+IFLA_ADDRESS = 1
 IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_GROUP, IFLA_NET_NS_FD = (
     3, 10, 18, 20, 27, 28)
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
@@ -185,8 +186,10 @@ class Rtnl:
     # ------------------------------------------------------------ queued requests
 
     def link_add(self, ifname: str, kind: str, *, up: bool = False, alias: str = "",
-                 master: int = 0, peer: str = "", peer_ns_fd: int = -1,
+                 master: int = 0, peer: str = "", peer_ns_fd: int = -1, address: str = "",
                  what: str = "", exist_ok: bool = False) -> None:
+        """RTM_NEWLINK. The kernel ignores an alias given here (IFLA_IFALIAS is applied
+        only by a link change): callers mark new links with `link_set(alias=…)`."""
         flags = IFF_UP if up else 0
         info = _str(IFLA_INFO_KIND, kind)
         if kind == "veth" and peer:
@@ -199,6 +202,8 @@ class Rtnl:
         body += _str(IFLA_IFNAME, ifname) + _attr(IFLA_LINKINFO, info)
         if master:
             body += _u32(IFLA_MASTER, master)
+        if address:
+            body += _attr(IFLA_ADDRESS, bytes(int(x, 16) for x in address.split(":")))
         if alias:
             body += _str(IFLA_IFALIAS, alias)
         self._queue(RTM_NEWLINK, CREATE, body, what or f"ip link add {ifname} type {kind}",

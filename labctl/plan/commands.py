@@ -42,7 +42,8 @@ def diff_commands(d: PlanDiff) -> list[str]:
         out += [_sysctl(ns.name, key, value) for key, value in ns.sysctls]
     out += _deletions(d, d.deletions(first=True))
     for br in d.add_bridges:
-        out.append(_ip(br.netns, "link", "add", br.ifname, "type", "bridge"))
+        out.append(_ip(br.netns, "link", "add", br.ifname, *(("address", br.mac) if br.mac
+                                                              else ()), "type", "bridge"))
         out.append(_ip(br.netns, "link", "set", br.ifname, "alias", d.mark, "up"))
     for v in d.add_veths:
         out.append(_ip(v.netns, "link", "add", v.ifname, "type", "veth", "peer", "name",

@@ -22,6 +22,9 @@ class Namespace:
 class Bridge:
     netns: str
     ifname: str
+    # A fixed MAC: without one a Linux bridge takes its lowest port's, and changes it
+    # when that port goes — every neighbour's ARP entry for the gateway goes stale.
+    mac: str = ""
 
 
 @dataclass(frozen=True)

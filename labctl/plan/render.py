@@ -18,6 +18,14 @@ NODE_SYSCTLS = (
 )
 
 
+def bridge_mac(netns: str, ifname: str) -> str:
+    """A stable, locally administered unicast MAC for a lab bridge."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{netns}/{ifname}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
 def render(state: ClusterState) -> Plan:
     lab = state.lab.name
     node_len = ipaddress.IPv4Network(state.lab.node_cidr).prefixlen
@@ -30,8 +38,10 @@ def render(state: ClusterState) -> Plan:
     nss.append(Namespace(state.external_netns, "external"))
     nss += [Namespace(p.netns, "pod") for p in state.pods]
 
-    bridges = [Bridge(state.fabric_netns, names.FABRIC_BRIDGE)]
-    bridges += [Bridge(n.netns, names.POD_BRIDGE) for n in state.nodes]
+    bridges = [Bridge(state.fabric_netns, names.FABRIC_BRIDGE,
+                      bridge_mac(state.fabric_netns, names.FABRIC_BRIDGE))]
+    bridges += [Bridge(n.netns, names.POD_BRIDGE, bridge_mac(n.netns, names.POD_BRIDGE))
+                for n in state.nodes]
 
     veths, addrs, routes = [], [], []
     for node in state.nodes:

@@ -8,9 +8,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from labctl import names
 from labctl.testing.runner import labctl, netns_exec
 from tests.integration.conftest import write_lab
 
@@ -235,3 +237,47 @@ def test_get_pods_shows_what_the_agent_sees(lab: dict[str, dict]) -> None:
     assert rows["a1"][2:4] == ["2/2", "Running"]
     assert rows["crasher"][2:4] == ["0/1", "CrashLoopBackOff"]
     assert "boom" in labctl("logs", "crasher", "-n", "tools", "--lab", LAB).stdout
+
+
+def test_every_link_carries_the_ownership_mark(lab: dict[str, dict]) -> None:
+    from labctl.net import inventory
+
+    namespaces = inventory.lab_namespaces()[LAB]
+    assert len(namespaces) >= 3 + len(lab)  # fabric, external, nodes, pods
+    unmarked = []
+    for ns in namespaces:
+        for link in netns_exec(ns, ["ls", "/sys/class/net"]).stdout.split():
+            alias = netns_exec(ns, ["cat", f"/sys/class/net/{link}/ifalias"]).stdout.strip()
+            if alias != f"labctl:{LAB}":
+                unmarked.append(f"{ns}/{link}")
+    assert not unmarked
+
+
+def test_a_bridge_keeps_its_mac_when_its_lowest_port_goes(tmp_path: Path) -> None:
+    """Without a fixed address a Linux bridge takes its lowest port's MAC: deleting that
+    pod would change the gateway's MAC under every other pod on the node."""
+    name = "it-net-mac"
+    body = (f"apiVersion: labctl/v1\nkind: Lab\nmetadata: {{name: {name}}}\n"
+            "spec:\n  nodes: [{name: node1}]\n" + "".join(
+                f"---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}}}\n"
+                "spec:\n  containers: [{name: c, ports: [{containerPort: 8080}]}]\n"
+                for i in range(4)))
+    path = write_lab(tmp_path, name, body)
+    labctl("up", str(path), "-q")
+    try:
+        node = f"lc.{name}.node.node1"
+
+        def mac() -> str:
+            return netns_exec(node, ["cat", "/sys/class/net/cni0/address"]).stdout.strip()
+
+        before = mac()
+        ports = netns_exec(node, ["ls", "/sys/class/net/cni0/brif"]).stdout.split()
+        lowest = min(ports, key=lambda p: netns_exec(
+            node, ["cat", f"/sys/class/net/{p}/address"]).stdout)
+        ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in json.loads(
+            labctl("get", "pods", "-o", "json", "--lab", name).stdout)["items"]}
+        pod = next(p for p, ip in ips.items() if names.veth_for(ip) == lowest)
+        labctl("delete", "pod", pod, "--grace-period", "0", "--lab", name)
+        assert mac() == before
+    finally:
+        labctl("down", name)
