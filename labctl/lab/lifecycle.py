@@ -49,7 +49,27 @@ def check_capabilities(state: ClusterState) -> None:
     if os.geteuid() != 0:
         raise CapabilityError("labctl up needs root (it creates network namespaces); "
                               "run it with sudo")
+    ensure_br_netfilter()
     sync.check(state)
+
+
+BR_NF = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+
+def ensure_br_netfilter() -> None:
+    """Pods reach Services through their node's bridge, so bridged traffic must pass
+    the node's netfilter hooks (br_netfilter), as on every Kubernetes node. Where it is
+    a module not yet loaded (stock distribution kernels), load it, as kubeadm's install
+    steps do; where that is impossible, say what is missing."""
+    import subprocess
+
+    if os.path.exists(BR_NF):
+        return
+    subprocess.run(["modprobe", "br_netfilter"], capture_output=True, check=False)
+    if not os.path.exists(BR_NF):
+        raise CapabilityError("the kernel lacks br_netfilter (bridged pod traffic through "
+                              "iptables/nftables); `modprobe br_netfilter` failed — use a "
+                              "kernel with CONFIG_BRIDGE_NETFILTER (the Vagrant VM has it)")
 
 
 def up(paths: Sequence[str], progress: Progress | None = None) -> UpResult:
