@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 LABCTL  := $(VENV)/bin/labctl
 PYTEST  := $(PY) -m pytest
 
-.PHONY: setup demo test test-unit test-integration test-ipvs test-vm bench bench-up bench-sync bench-dns lint clean
+.PHONY: setup demo test test-unit test-integration test-ipvs test-vm bench bench-up bench-sync bench-dns bench-datapath bench-datapath-vm lint clean
 
 STAMP   := $(VENV)/.installed
 
@@ -51,7 +51,7 @@ test-integration: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check labctl tests bench
 
-bench: bench-up bench-sync bench-dns bench-live
+bench: bench-up bench-sync bench-dns bench-live bench-datapath
 
 bench-up: $(STAMP)
 	BENCH=1 bash scripts/install-deps.sh
@@ -71,3 +71,15 @@ bench-dns: $(STAMP)
 bench-live: $(STAMP)
 	BENCH=1 bash scripts/install-deps.sh
 	$(PY) bench/bench_live.py
+
+# Pod → pod on another node, direct vs ClusterIP in iptables, nftables and userspace mode
+# (~1 min). Its IPVS column comes from bench/out/datapath-ipvs.json when present.
+bench-datapath: $(STAMP)
+	BENCH=1 bash scripts/install-deps.sh
+	$(PY) bench/bench_datapath.py
+
+# That file: the same script inside the VM of make test-vm (qemu without KVM: emulated,
+# 5-10 min here), IPVS and iptables modes; a later make bench-datapath shows it.
+bench-datapath-vm: $(STAMP)
+	@bash scripts/run-vm-tests.sh --check >/dev/null 2>&1 || VM=1 bash scripts/install-deps.sh
+	$(PY) bench/bench_datapath.py --vm
