@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 LABCTL  := $(VENV)/bin/labctl
 PYTEST  := $(PY) -m pytest
 
-.PHONY: setup demo test test-unit test-integration test-ipvs test-vm bench bench-up bench-sync bench-dns bench-datapath bench-datapath-vm lint clean
+.PHONY: setup demo test test-unit test-integration test-ipvs test-vm bench bench-up bench-sync bench-dns bench-datapath bench-datapath-vm lint clean bench-live
 
 STAMP   := $(VENV)/.installed
 
