@@ -274,10 +274,11 @@ def test_a_bridge_keeps_its_mac_when_its_lowest_port_goes(tmp_path: Path) -> Non
         ports = netns_exec(node, ["ls", "/sys/class/net/cni0/brif"]).stdout.split()
         lowest = min(ports, key=lambda p: netns_exec(
             node, ["cat", f"/sys/class/net/{p}/address"]).stdout)
-        ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in json.loads(
-            labctl("get", "pods", "-o", "json", "--lab", name).stdout)["items"]}
-        pod = next(p for p, ip in ips.items() if names.veth_for(ip) == lowest)
-        labctl("delete", "pod", pod, "--grace-period", "0", "--lab", name)
+        ips = {(p["metadata"]["namespace"], p["metadata"]["name"]): p["status"]["podIP"]
+               for p in json.loads(labctl("get", "pods", "-A", "-o", "json", "--lab",
+                                          name).stdout)["items"]}
+        ns, pod = next(k for k, ip in ips.items() if names.veth_for(ip) == lowest)
+        labctl("delete", "pod", pod, "-n", ns, "--grace-period", "0", "--lab", name)
         assert mac() == before
     finally:
         labctl("down", name)
