@@ -41,7 +41,6 @@ from labctl.lab.converge import converge
 from labctl.lab.workloads import workloads_document
 from labctl.proxy import sync
 
-CONTROL_READ_TIMEOUT = 5.0
 RELIST_PERIOD = 0.5  # how often the pod host is asked for container states
 DRAIN = 0.2  # a deleted pod's built-in servers keep serving this long after its
 # endpoints were removed from every node's rules
@@ -626,36 +625,10 @@ class Agent:
     # control socket
 
     async def open_control(self) -> None:
-        path = self.paths.socket
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        self.control = await asyncio.start_unix_server(self.serve_control, path=path)
-        os.chmod(path, 0o600)
+        from labctl.agent import jsonsock
 
-    async def serve_control(self, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), CONTROL_READ_TIMEOUT)
-            try:
-                reply = await self.handle(json.loads(line or b"null"))
-            except ValueError as e:
-                reply = {"ok": False, "error": f"bad request: {e}"}
-            except RequestError as e:
-                reply = {"ok": False, "error": str(e), "notfound": e.notfound}
-            except LabctlError as e:
-                reply = {"ok": False, "error": str(e)}
-            except Exception as e:  # noqa: BLE001 - a bug: say so, and keep serving
-                log.exception("request %s failed", line[:200])
-                reply = {"ok": False, "error": f"internal error in the agent: "
-                                              f"{type(e).__name__}: {e} (see {self.paths.logfile})"}
-            writer.write(json.dumps(reply).encode() + b"\n")
-            await writer.drain()
-        except (TimeoutError, OSError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        self.control = await jsonsock.serve(self.paths.socket, self.handle, log,
+                                            self.paths.logfile)
 
     async def handle(self, req: Any) -> dict[str, Any]:
         from labctl.agent import ops

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import resource
@@ -45,7 +44,6 @@ from labctl.errors import LabctlError
 from labctl.kubelet.process import ProcessSpec, Runner, Supervisor, base_env
 from labctl.net import netns
 
-CONTROL_READ_TIMEOUT = 5.0
 STOP_GRACE = 5.0
 
 log = logging.getLogger("labctl.podhost")
@@ -298,30 +296,10 @@ class PodHost:
     # control socket
 
     async def open_control(self) -> None:
-        path = self.paths.socket
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        self.control = await asyncio.start_unix_server(self.serve_control, path=path)
-        os.chmod(path, 0o600)
+        from labctl.agent import jsonsock
 
-    async def serve_control(self, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), CONTROL_READ_TIMEOUT)
-            try:
-                reply = await self.handle(json.loads(line or b"null"))
-            except ValueError as e:
-                reply = {"ok": False, "error": f"bad request: {e}"}
-            except LabctlError as e:
-                reply = {"ok": False, "error": str(e)}
-            writer.write(json.dumps(reply).encode() + b"\n")
-            await writer.drain()
-        except (TimeoutError, OSError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        self.control = await jsonsock.serve(self.paths.socket, self.handle, log,
+                                            self.paths.logfile)
 
     async def handle(self, req: Any) -> dict[str, Any]:
         op = req.get("op") if isinstance(req, dict) else None
