@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from labctl.agent import control, events, kube_proxies
+from labctl.agent import control, events, kube_proxies, startup
 from labctl.agent.paths import PODHOST_STARTING_ENV, READY_FD_ENV, StatePaths
 from labctl.agent.probing import PodProbes
 from labctl.cluster.compile import with_readiness
@@ -119,12 +118,8 @@ class Agent:
         return 0
 
     def report(self, status: str, text: str) -> None:
-        if self.ready_fd < 0:
-            return
-        with contextlib.suppress(OSError):
-            os.write(self.ready_fd, f"{status} {text}\n".encode())
-        with contextlib.suppress(OSError):
-            os.close(self.ready_fd)
+        """Tell the starter "ready <pid>" or "error <text>" and close the pipe."""
+        startup.report(self.ready_fd, status, text)
         self.ready_fd = -1
 
     def spawn(self, coro: Any) -> asyncio.Task:
@@ -207,17 +202,7 @@ class Agent:
                    f"({len(missing)} pod(s) restarted)")
 
     def lock_pidfile(self) -> None:
-        fd = os.open(self.paths.pidfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(fd, 32).decode(errors="replace").strip()
-            os.close(fd)
-            raise LabctlError(f"another agent (pid {other or '?'}) is already running for "
-                              f"{self.state_dir}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.pidfile_fd = fd
+        self.pidfile_fd = startup.lock_pidfile(self.paths.pidfile, "agent", self.state_dir)
 
     def save_live(self) -> None:
         keys = {p.key for p in self.base.pods}

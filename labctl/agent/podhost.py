@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import resource
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from labctl import names
-from labctl.agent import events, procfs
+from labctl.agent import events, procfs, startup
 from labctl.agent.containers import ContainerLog, EchoRunner, announce
 from labctl.agent.paths import READY_FD_ENV, StatePaths
 from labctl.agent.workloads import Container, Pod, Workloads, load, parse, resolve_program
@@ -119,14 +118,7 @@ class PodHost:
 
     def report(self, status: str, text: str) -> None:
         """Tell the starter "ready <pid>" or "error <text>" and close the pipe."""
-        if self.ready_fd < 0:
-            return
-        with contextlib.suppress(OSError):
-            data = f"{status} {text}\n".encode()
-            while data:
-                data = data[os.write(self.ready_fd, data):]
-        with contextlib.suppress(OSError):
-            os.close(self.ready_fd)
+        startup.report(self.ready_fd, status, text)
         self.ready_fd = -1
 
     def event(self, kind: str, reason: str, pod: Pod, message: str) -> None:
@@ -161,17 +153,7 @@ class PodHost:
                                         self.process_runner(pod, container, program))
 
     def lock_pidfile(self) -> None:
-        fd = os.open(self.paths.pidfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(fd, 32).decode(errors="replace").strip()
-            os.close(fd)
-            raise LabctlError(f"another pod host (pid {other or '?'}) is already running "
-                              f"for {self.state_dir}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.pidfile_fd = fd
+        self.pidfile_fd = startup.lock_pidfile(self.paths.pidfile, "pod host", self.state_dir)
 
     def container_log(self, pod: Pod, container: Container) -> ContainerLog:
         path = self.paths.log_path(pod.namespace, pod.name, container.name)
