@@ -101,13 +101,13 @@ def plan(files: tuple[str, ...]) -> None:
     print_plan(files)
 
 
-def print_plan(files: tuple[str, ...]) -> None:
+def print_plan(files: tuple[str, ...], name: str | None = None) -> None:
     """The lab as a shell script: ip/sysctl commands, then each node's ruleset load."""
     from labctl.lab.lifecycle import prepare
     from labctl.plan.commands import commands
     from labctl.proxy.sync import load_commands
 
-    state, the_plan, warnings = prepare(files)
+    state, the_plan, warnings = prepare(files, name)
     print_warnings(warnings)
     click.echo("\n".join(commands(the_plan)))
     click.echo("# kube-proxy: each node's first ruleset load")
@@ -123,8 +123,11 @@ def print_plan(files: tuple[str, ...]) -> None:
 @click.option("--tour", is_flag=True, help="After building, show the pods and a cross-node "
               "request.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--name", help="Name the lab NAME instead of its metadata.name (a second "
+              "copy of the same files, or a test's own lab).")
 @handle_errors
-def up(files: tuple[str, ...], dry_run: bool, tour: bool, quiet: bool) -> None:
+def up(files: tuple[str, ...], dry_run: bool, tour: bool, quiet: bool,
+       name: str | None) -> None:
     """Build the lab FILES describe and start its agent.
 
     On any failure (or Ctrl-C) everything made so far is removed again.
@@ -133,13 +136,14 @@ def up(files: tuple[str, ...], dry_run: bool, tour: bool, quiet: bool) -> None:
     Examples:
       labctl up topologies/quickstart
       labctl up lab.yaml --dry-run
+      labctl up topologies/quickstart --name qs2
     """
     from labctl.lab import lifecycle
 
     if dry_run:
-        print_plan(files)
+        print_plan(files, name)
         return
-    result = lifecycle.up(files, output.Progress(quiet))
+    result = lifecycle.up(files, output.Progress(quiet), name=name)
     if quiet:
         return
     print_warnings(result.warnings)

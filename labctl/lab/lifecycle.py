@@ -38,9 +38,11 @@ class UpResult:
     adopted: bool = False  # the lab was up already; a new agent adopted it
 
 
-def prepare(paths: Sequence[str]) -> tuple[ClusterState, Plan, list[Diagnostic]]:
-    """The pure half of `up`: validate, compile, render. Needs no root."""
-    state, warnings = compile_files(paths, addons=True)
+def prepare(paths: Sequence[str], name: str | None = None
+            ) -> tuple[ClusterState, Plan, list[Diagnostic]]:
+    """The pure half of `up`: validate, compile, render. Needs no root. `name` overrides
+    the lab's name (metadata.name or the file's)."""
+    state, warnings = compile_files(paths, lab_name=name, addons=True)
     return state, render(state), warnings
 
 
@@ -72,9 +74,10 @@ def ensure_br_netfilter() -> None:
                               "kernel with CONFIG_BRIDGE_NETFILTER (the Vagrant VM has it)")
 
 
-def up(paths: Sequence[str], progress: Progress | None = None) -> UpResult:
+def up(paths: Sequence[str], progress: Progress | None = None,
+       name: str | None = None) -> UpResult:
     t0 = time.perf_counter()
-    state, plan, warnings = prepare(paths)
+    state, plan, warnings = prepare(paths, name)
     ready = initial_readiness(state)  # pods with readiness probes start not ready
     state = with_readiness(state, ready)
     timings = {"compile": time.perf_counter() - t0}

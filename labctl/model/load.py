@@ -215,20 +215,21 @@ def peek_label(node: YMap, kind: Kind) -> str:
 
 def choose_lab_name(collected: _Collected, lab_name: str | None, paths: Sequence[str],
                     report: Reporter) -> str:
-    """metadata.name of the Lab, else the `lab_name` argument, else the input's name."""
+    """The `lab_name` argument (a running lab's own name, or `up --name`), else
+    metadata.name of the Lab, else the input's name. metadata.name is checked either way."""
     lab = collected.labs[0] if collected.labs else None
     written = lab.data.get("metadata", {}) if lab else {}
     name = written.get("name") if isinstance(written, dict) else None
-    if isinstance(name, str):
-        if problem := LAB_NAME(name):
-            report.error(lab.source.at("metadata.name") if lab else None,
-                         object_label("Lab", name), "metadata.name", problem.message,
-                         problem.hint)
-        return name
+    if isinstance(name, str) and (problem := LAB_NAME(name)):
+        report.error(lab.source.at("metadata.name") if lab else None,
+                     object_label("Lab", name), "metadata.name", problem.message,
+                     problem.hint)
     if lab_name:
         if problem := LAB_NAME(lab_name):
             report.error(None, "", "lab name", problem.message, problem.hint)
         return lab_name
+    if isinstance(name, str):
+        return name
     origin = paths[0] if paths else "lab"
     stem = os.path.basename(os.path.abspath(origin))
     if not os.path.isdir(origin):

@@ -438,7 +438,9 @@ def test_lab_name_precedence(here: Path) -> None:
     assert load_topology(["Web Demo.v2.yaml"], lab_name="given")[0].lab.name == "given"
     named = "apiVersion: labctl/v1\nkind: Lab\nmetadata: {name: from-doc}\n---\n" + pod
     write(here, "named.yaml", named)
-    assert load_topology(["named.yaml"], lab_name="given")[0].lab.name == "from-doc"
+    assert load_topology(["named.yaml"])[0].lab.name == "from-doc"
+    # a running lab's own name (or `up --name`) wins over the document's
+    assert load_topology(["named.yaml"], lab_name="given")[0].lab.name == "given"
 
 
 def test_invalid_lab_name_argument(here: Path) -> None:
