@@ -36,6 +36,12 @@ def service_chains(state: ClusterState, node: str, namespace: str, name: str) ->
     return out
 
 
+def service_pattern(namespace: str, name: str) -> re.Pattern[str]:
+    """NS/NAME in a rule's comment or an nft name; the name must end there, so that
+    default/db does not pick default/db-any's rules."""
+    return re.compile(rf"\b{re.escape(namespace)}/{re.escape(name)}(?![\w.-])")
+
+
 def show_rules(state: ClusterState, node: str, service: str | None) -> str:
     ns = state.node(node).netns
     mode = state.lab.proxy_mode
@@ -49,7 +55,7 @@ def show_rules(state: ClusterState, node: str, service: str | None) -> str:
     if not any(s.namespace == namespace and s.name == name for s in state.services):
         raise NotFoundError(f'services "{name}" not found in namespace {namespace}')
     chains = service_chains(state, node, namespace, name)
-    spn = re.compile(rf"\b{re.escape(namespace)}/{re.escape(name)}(:|\b)")
+    spn = service_pattern(namespace, name)
     if mode == "iptables":
         return _filter_iptables(text, chains, spn)
     return _filter_nft(text, chains, spn)
