@@ -35,7 +35,8 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]' \
+    --config-settings editable_mode=compat  # a plain path in a .pth: no import hook to load at every start
 [ "${BENCH:-0}" = 1 ] && "$VENV/bin/pip" install -q --disable-pip-version-check matplotlib
 # Put `labctl` on root's PATH (a symlink into this checkout's venv; LINK_BIN=0 skips it).
 if [ "$(id -u)" = 0 ] && [ "${LINK_BIN:-1}" = 1 ]; then

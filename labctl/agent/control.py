@@ -22,7 +22,6 @@ from typing import Any
 
 from labctl.agent import procfs
 from labctl.agent.paths import PODHOST_STARTING_ENV, READY_FD_ENV, StatePaths, log_path
-from labctl.agent.workloads import load
 from labctl.errors import LabctlError
 
 __all__ = ["agent_pid", "kill_lab_processes", "log_path", "podhost_pid", "request",
@@ -268,6 +267,8 @@ def stop_agent(state_dir: str, timeout: float = 10.0,
 
 def _lab_netns(paths: StatePaths) -> list[str]:
     try:
+        from labctl.agent.workloads import load
+
         return load(paths.workloads).netns_names
     except LabctlError:
         return []

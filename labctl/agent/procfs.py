@@ -11,8 +11,6 @@ import contextlib
 import os
 import signal
 
-from labctl.net import netns
-
 NsId = tuple[int, int]  # (st_dev, st_ino) of an nsfs file
 
 
@@ -52,6 +50,8 @@ def net_ns(pid: int) -> NsId | None:
 
 def named_ns_ids(names: list[str]) -> set[NsId]:
     """The identities of the named namespaces that exist; never the host's own."""
+    from labctl.net import netns  # (ctypes) only here: clients checking a pid skip it
+
     ids: set[NsId] = set()
     mine = os.stat("/proc/self/ns/net")  # this process's (main thread's) namespace
     never = {(mine.st_dev, mine.st_ino), net_ns(1)}

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
-import yaml
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -34,6 +33,8 @@ def as_list(items: list[dict[str, Any]], fmt: str) -> str:
     doc = {"apiVersion": "v1", "kind": "List", "items": items}
     if fmt == "json":
         return json.dumps(doc, indent=2)
+    import yaml
+
     return yaml.safe_dump(doc, sort_keys=False)
 
 

@@ -18,11 +18,13 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labctl import names
-from labctl.cluster.state import ClusterState
 from labctl.errors import LabctlError, NotFoundError
+
+if TYPE_CHECKING:  # imported where needed: `labctl apply`'s client never needs it
+    from labctl.cluster.state import ClusterState
 
 RECORD = "lab.json"
 MANIFESTS = "manifests"
@@ -179,6 +181,8 @@ def current_state(sdir: str) -> ClusterState:
     except FileNotFoundError:
         raise LabctlError(f"{path} is missing: the lab's state is unknown; take it down "
                           "and up again") from None
+    from labctl.cluster.state import ClusterState
+
     if not isinstance(state, ClusterState):
         raise LabctlError(f"{path} does not hold a cluster state")
     return state
