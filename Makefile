@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 LABCTL  := $(VENV)/bin/labctl
 PYTEST  := $(PY) -m pytest
 
-.PHONY: setup demo test test-unit test-integration test-ipvs test-vm bench bench-up bench-sync bench-dns bench-datapath bench-datapath-vm lint clean bench-live
+.PHONY: setup demo test test-unit test-integration test-ipvs test-vm bench bench-up bench-sync bench-dns bench-datapath bench-datapath-vm lint clean bench-live test-vagrant
 
 STAMP   := $(VENV)/.installed
 
@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 # One pytest run on the host, so its closing line counts every host test; then the
 # suite that needs IPVS (tests/vm): here if this kernel has it, else in a VM.
-test: $(STAMP) lint
+test: $(STAMP) lint test-vagrant
 	$(PYTEST) -q tests/unit tests/integration
 	@$(MAKE) --no-print-directory test-ipvs
 
@@ -41,6 +41,10 @@ endif
 test-vm: $(STAMP)
 	@bash scripts/run-vm-tests.sh --check >/dev/null 2>&1 || VM=1 bash scripts/install-deps.sh
 	bash scripts/run-vm-tests.sh -q -rs $(VM_TESTS)
+
+# vagrant/Vagrantfile, validated offline (no box, no VM; scripts/validate-vagrant.sh).
+test-vagrant: $(STAMP)
+	bash scripts/validate-vagrant.sh
 
 test-unit: $(STAMP)
 	$(PYTEST) -q tests/unit

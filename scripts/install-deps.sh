@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what labctl needs on Debian/Ubuntu: system packages, then a Python venv.
-# Idempotent; used by the Makefile, CI and the Vagrant VM.
+# Idempotent; used by the Makefile, CI and the Vagrant VM (vagrant/Vagrantfile; the
+# vagrant package is here for `make test-vagrant`, which validates that file offline).
 #   scripts/install-deps.sh            system packages + .venv with labctl (editable) and dev deps
 #   SKIP_APT=1 scripts/install-deps.sh venv only
 #   VM=1 scripts/install-deps.sh       also what `make test-vm` needs: qemu, udev, … and
@@ -12,7 +13,7 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 
 pkgs=(iproute2 iptables nftables conntrack ipset ipvsadm tcpdump iputils-ping curl netcat-openbsd
-      procps kmod dnsutils python3-venv graphviz)
+      procps kmod dnsutils python3-venv graphviz vagrant)
 [ "${BENCH:-0}" = 1 ] && pkgs+=(mininet bridge-utils dnsperf dnsmasq-base)
 # The VM suite (scripts/run-vm-tests.sh): qemu and what virtme-ng needs on the host (udev
 # for the guest's virtio console, busybox-static for its init, file to read the kernel's
