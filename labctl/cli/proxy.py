@@ -44,7 +44,7 @@ def rules(node: str, service: str | None, lab_name: str | None) -> None:
       labctl rules node1
       labctl rules node2 --service default/web
     """
-    from labctl.cli.rules_view import show_rules
+    from labctl.cli.rules_view import node_rules
     from labctl.lab import lifecycle, store
 
     lab = lifecycle.pick_lab(lab_name)
@@ -52,17 +52,7 @@ def rules(node: str, service: str | None, lab_name: str | None) -> None:
     if node not in [n.name for n in state.nodes]:
         raise LabctlError(f"no node named {node!r}; nodes: "
                           f"{', '.join(n.name for n in state.nodes)}")
-    if state.lab.proxy_mode == "userspace":
-        from labctl.cli.userspace_view import show_userspace_rules
-
-        click.echo(show_userspace_rules(state, node, service), nl=False)
-        return
-    if state.lab.proxy_mode == "ipvs":
-        from labctl.cli.ipvs_view import show_ipvs_rules
-
-        click.echo(show_ipvs_rules(state, node, service), nl=False)
-        return
-    click.echo(show_rules(state, node, service), nl=False)
+    click.echo(node_rules(state, node, service), nl=False)
 
 
 @click.group(context_settings=CONTEXT)

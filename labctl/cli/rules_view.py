@@ -42,6 +42,19 @@ def service_pattern(namespace: str, name: str) -> re.Pattern[str]:
     return re.compile(rf"\b{re.escape(namespace)}/{re.escape(name)}(?![\w.-])")
 
 
+def node_rules(state: ClusterState, node: str, service: str | None = None) -> str:
+    """What `labctl rules NODE` prints, for whatever mode the lab runs."""
+    if state.lab.proxy_mode == "userspace":
+        from labctl.cli.userspace_view import show_userspace_rules
+
+        return show_userspace_rules(state, node, service)
+    if state.lab.proxy_mode == "ipvs":
+        from labctl.cli.ipvs_view import show_ipvs_rules
+
+        return show_ipvs_rules(state, node, service)
+    return show_rules(state, node, service)
+
+
 def show_rules(state: ClusterState, node: str, service: str | None) -> str:
     ns = state.node(node).netns
     mode = state.lab.proxy_mode
