@@ -39,6 +39,9 @@ from labctl.model.validate import validate
 from labctl.model.yamlpos import YMap, YNode, YScalar, YSeq, parse_yaml
 
 YAML_SUFFIXES = (".yaml", ".yml")
+# An exercise folder (topologies/NN-…) keeps its check file and its broken variant of
+# the lab beside lab.yaml: reading the folder reads the lab only (name them to use them).
+NOT_MANIFESTS = ("checks.yaml", "broken.yaml")
 SUPPORTED = ", ".join(KINDS)
 
 
@@ -80,13 +83,15 @@ def load_topology(paths: Sequence[str], lab_name: str | None = None,
 
 
 def expand_paths(paths: Sequence[str], report: Reporter) -> list[str]:
-    """Files to read, as given: folders contribute their *.yaml / *.yml, sorted."""
+    """Files to read, as given: folders contribute their *.yaml / *.yml, sorted, except
+    an exercise's checks.yaml and broken.yaml."""
     if not paths:
         report.error(None, "", "", "no input: give a lab file or folder")
     files: list[str] = []
     for path in paths:
         if os.path.isdir(path):
             names = sorted(n for n in os.listdir(path) if n.endswith(YAML_SUFFIXES)
+                           and n not in NOT_MANIFESTS
                            and os.path.isfile(os.path.join(path, n)))
             if not names:
                 report.error(None, "", "", f"folder {path} holds no .yaml or .yml files",
