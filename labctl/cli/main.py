@@ -20,6 +20,7 @@ from labctl.errors import LabctlError
 LAZY = {
     "agent": "labctl.cli.live:agent", "apply": "labctl.cli.apply:apply",
     "break": "labctl.cli.live:break_", "capture": "labctl.cli.capture:capture",
+    "check": "labctl.cli.check:check",
     "completion": "labctl.cli.completion:completion", "delete": "labctl.cli.live:delete",
     "dns": "labctl.cli.dns:dns", "env": "labctl.cli.env:env",
     "events": "labctl.cli.live:events", "graph": "labctl.cli.graph:graph",

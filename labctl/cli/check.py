@@ -1,0 +1,70 @@
+"""`labctl check`: run an exercise's checks against its running lab."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from labctl.cli.common import CONTEXT, handle_errors, print_warnings
+from labctl.cli.output import table
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("exercise", required=False)
+@click.option("--lab", "lab_name", help="Run against this lab instead of the one "
+              "checks.yaml names (e.g. a second copy of the exercise).")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: the labctl.check/v1 schema, for graders.")
+@click.option("--list", "list_", is_flag=True,
+              help="List the exercises under topologies/ with their titles.")
+@handle_errors
+def check(exercise: str | None, lab_name: str | None, fmt: str, list_: bool) -> None:
+    """Run an exercise's checks (its checks.yaml) against the running lab and show, per
+    task, what passed and what failed (expected vs observed), with a reachability matrix
+    (clients × targets) for each reach check.
+
+    EXERCISE is a folder (topologies/04-clusterip-iptables), a folder name under
+    topologies/, or its beginning (04). Without it: the exercise whose checks.yaml
+    names a running lab. Exit code 0 when every check passes, 1 when one fails, 2 when
+    the check file is wrong (every error with file:line:column; nothing is run).
+    The format of checks.yaml: topologies/README.md.
+
+    \b
+    Examples:
+      labctl check --list
+      labctl up topologies/quickstart && labctl check
+      labctl check 04 -o json
+      labctl check ./my-exercise --lab ex04-copy
+    """
+    from labctl.exercise import catalog, spec
+
+    if list_:
+        _list(catalog.entries())
+        return
+    folder = catalog.find(exercise) if exercise else catalog.for_lab(_labs())
+    loaded = spec.load(folder)
+    print_warnings(list(loaded.warnings))
+    from labctl.exercise import report, run
+    from labctl.lab import lifecycle, store
+
+    lab = lifecycle.pick_lab(lab_name or loaded.lab)
+    result = run.run(loaded, store.state_of(lab), store.state_dir(lab))
+    click.echo(report.json_text(result) if fmt == "json" else report.text(result))
+    sys.exit(0 if result.passed else 1)
+
+
+def _labs() -> list[str]:
+    from labctl.lab import store
+
+    return store.known_labs()
+
+
+def _list(entries: list) -> None:  # type: ignore[type-arg]
+    if not entries:
+        click.echo("no exercises found")
+        return
+    rows = [[e.name, "yes" if e.has_checks else "no", e.title or "-"] for e in entries]
+    click.echo(table(["EXERCISE", "CHECKS", "TITLE"], rows))
+    click.echo(f"folders: {os.path.dirname(entries[0].folder)}")
