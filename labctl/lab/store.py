@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from labctl import names
 from labctl.errors import LabctlError, NotFoundError
+from labctl.model.manifest_files import folder_manifests
 
 if TYPE_CHECKING:  # imported where needed: `labctl apply`'s client never needs it
     from labctl.cluster.state import ClusterState
@@ -98,11 +99,11 @@ def create(lab: str, files: Sequence[str]) -> LabRecord:
 
 
 def expand_files(paths: Sequence[str]) -> list[str]:
+    """The files to copy: as the loader reads them (labctl.model.manifest_files)."""
     out = []
     for path in paths:
         if os.path.isdir(path):
-            out += [os.path.join(path, f) for f in sorted(os.listdir(path))
-                    if f.endswith((".yaml", ".yml"))]
+            out += folder_manifests(path)
         else:
             out.append(path)
     return out

@@ -23,6 +23,7 @@ from labctl.errors import Diagnostic, Pos, UserError
 from labctl.model import build
 from labctl.model.apifields import KIND_ADVICE, KINDS, Kind
 from labctl.model.checks import LAB_NAME, did_you_mean
+from labctl.model.manifest_files import folder_manifests
 from labctl.model.objects import (
     Deployment,
     EndpointSlice,
@@ -38,10 +39,6 @@ from labctl.model.schema import Walker, describe
 from labctl.model.validate import validate
 from labctl.model.yamlpos import YMap, YNode, YScalar, YSeq, parse_yaml
 
-YAML_SUFFIXES = (".yaml", ".yml")
-# An exercise folder (topologies/NN-…) keeps its check file and its broken variant of
-# the lab beside lab.yaml: reading the folder reads the lab only (name them to use them).
-NOT_MANIFESTS = ("checks.yaml", "broken.yaml")
 SUPPORTED = ", ".join(KINDS)
 
 
@@ -90,13 +87,11 @@ def expand_paths(paths: Sequence[str], report: Reporter) -> list[str]:
     files: list[str] = []
     for path in paths:
         if os.path.isdir(path):
-            names = sorted(n for n in os.listdir(path) if n.endswith(YAML_SUFFIXES)
-                           and n not in NOT_MANIFESTS
-                           and os.path.isfile(os.path.join(path, n)))
-            if not names:
+            found = folder_manifests(path)
+            if not found:
                 report.error(None, "", "", f"folder {path} holds no .yaml or .yml files",
                              "put the lab's manifests in files ending in .yaml")
-            files += [os.path.join(path, n) for n in names]
+            files += found
         elif os.path.isfile(path):
             files.append(path)
         else:

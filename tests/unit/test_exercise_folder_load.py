@@ -23,3 +23,10 @@ def test_broken_yaml_loads_when_named() -> None:
     broken, _ = load_topology([str(EXERCISE / "broken.yaml")])
     assert [Path(f).name for f in broken.files] == ["broken.yaml"]
     assert broken.lab.name == "ex09"
+
+
+def test_a_lab_keeps_a_copy_of_the_same_files() -> None:
+    """`up` copies what the loader reads: the agent recompiles from that copy."""
+    from labctl.lab.store import expand_files
+
+    assert expand_files([str(EXERCISE)]) == [str(EXERCISE / "lab.yaml")]
