@@ -101,3 +101,37 @@ def chi_square(counts: Counter[str], categories: int) -> float:
     expected = total / categories
     observed = list(counts.values()) + [0] * (categories - len(counts))
     return sum((o - expected) ** 2 / expected for o in observed)
+
+
+@dataclass(frozen=True)
+class DnsReply:
+    rcode: str  # NOERROR, NXDOMAIN, …
+    answers: list[str]  # each answer record's data, in order: addresses, CNAME targets, …
+
+    def __bool__(self) -> bool:
+        return bool(self.answers)
+
+
+def dns_query(ns: str, server: str, name: str, rtype: str = "A",
+              timeout: float = 3.0) -> DnsReply:
+    """One DNS question over UDP from namespace `ns` to `server` (no search path:
+    `name` is asked as written)."""
+    import random
+
+    from labctl.dns import records, wire
+
+    qtype = next(k for k, v in records.TYPE_NAMES.items() if v == rtype.upper())
+    qid = random.randrange(1 << 16)
+    s = socket_in(ns, socket.SOCK_DGRAM)
+    try:
+        s.settimeout(timeout)
+        s.sendto(wire.encode_query(qid, name, qtype), (server, 53))
+        while True:
+            data = s.recv(65535)
+            message = wire.parse_records(data)
+            if message.id == qid:
+                break
+    finally:
+        s.close()
+    return DnsReply(records.RCODE_NAMES.get(message.rcode, str(message.rcode)),
+                    [rr.data_text() for rr in message.answer])

@@ -1,0 +1,148 @@
+"""pytest plugin: real labs as fixtures, for packet-level tests of Kubernetes networking.
+
+Registered under the `pytest11` entry point, so installing labctl makes it available:
+
+    import pytest
+    from scapy.layers.inet import IP, TCP
+
+    pytestmark = pytest.mark.lab("topologies/quickstart")   # once per module
+
+    def test_syn_is_dnated(lab):
+        web = lab.service("web")
+        with lab.capture(lab.endpoints("web")[0].pod, count=1) as cap:
+            lab.send("client", IP(dst=web.cluster_ip) / TCP(dport=80, flags="S"))
+        ...
+
+Fixtures: `lab` (module scope: the module's `lab` marker, else the `lab_file` fixture,
+which a test module or conftest may override or parametrise; named by the marker's
+`name=`, else the `lab_name` fixture) and `session_lab` (session scope: `--labctl-lab
+PATH` or the `session_lab_file` fixture). Both yield a `labctl.testing.lab.Lab` and take
+the lab down afterwards — after failures, a half-made lab, Ctrl-C — unless
+`--labctl-keep` asks to leave it up for debugging.
+
+Importing this module stays cheap (pytest loads it into every session): labctl's
+library and scapy are imported only when a fixture runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from labctl.testing.lab import Lab
+
+KEPT = pytest.StashKey[list[str]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("labctl", "labctl labs (pytest plugin of labctl)")
+    group.addoption("--labctl-keep", action="store_true", default=False,
+                    help="leave the labs the `lab` fixtures brought up running after the "
+                         "tests (to debug them; take them down with `labctl down NAME`)")
+    group.addoption("--labctl-lab", metavar="PATH", default=None,
+                    help="topology (file or folder) for `session_lab` and for modules "
+                         "without a `lab` marker")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "lab(path, name=None): the topology (file or folder; relative to the test "
+        "file, else to the rootdir) the module's `lab` fixture brings up, and its lab name")
+    config.stash[KEPT] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    kept = config.stash.get(KEPT, [])
+    if kept:
+        terminalreporter.write_line(
+            f"labctl: left up (--labctl-keep): {', '.join(kept)}; take down with "
+            + "; ".join(f"`labctl down {k}`" for k in kept))
+
+
+def _resolve(path: str, request: pytest.FixtureRequest) -> Path:
+    """A marker's or option's path: absolute, or next to the test file, or from the
+    rootdir."""
+    given = Path(path)
+    tried = [given] if given.is_absolute() else [
+        Path(str(request.node.path)).parent / given if hasattr(request.node, "path") else given,
+        request.config.rootpath / given]
+    for candidate in tried:
+        if candidate.exists():
+            return candidate
+    pytest.fail(f"labctl: topology {path!r} not found (looked at "
+                f"{', '.join(str(t) for t in tried)})", pytrace=False)
+
+
+def default_name(stem: str, prefix: str = "pt") -> str:
+    """A lab name from a module's name: `test_my_lab.py` → `pt-test-my-lab`."""
+    text = re.sub(r"[^a-z0-9-]+", "-", stem.lower()).strip("-")
+    return f"{prefix}-{text}"[:40].rstrip("-")
+
+
+def _bring_up(request: pytest.FixtureRequest, path: Path, name: str) -> Iterator[Lab]:
+    from labctl.testing.lab import LabSetupError, running
+
+    keep = bool(request.config.getoption("labctl_keep"))
+    try:
+        with running([path], name, keep) as lab:
+            yield lab
+    except LabSetupError as exc:
+        pytest.fail(f"labctl: lab {name!r} from {path} did not come up:\n{exc}", pytrace=False)
+    if keep:
+        request.config.stash[KEPT].append(name)
+
+
+@pytest.fixture(scope="module")
+def lab_file(request: pytest.FixtureRequest) -> Path:
+    """The module's topology: its `lab` marker's path, else `--labctl-lab`. Override
+    (or parametrise) this fixture to choose it another way."""
+    marker = request.node.get_closest_marker("lab")
+    path = marker.args[0] if marker and marker.args else request.config.getoption("labctl_lab")
+    if not path:
+        pytest.fail(
+            f"labctl: {request.node.nodeid} uses the `lab` fixture but names no topology: "
+            'add `pytestmark = pytest.mark.lab("path/to/lab.yaml")` to the module, '
+            "define a `lab_file` fixture, or pass --labctl-lab PATH", pytrace=False)
+    return _resolve(str(path), request)
+
+
+@pytest.fixture(scope="module")
+def lab_name(request: pytest.FixtureRequest) -> str:
+    """The module's lab name: its `lab` marker's `name=`, else `pt-<module name>`."""
+    marker = request.node.get_closest_marker("lab")
+    if marker and marker.kwargs.get("name"):
+        return str(marker.kwargs["name"])
+    return default_name(Path(str(request.node.path)).stem)
+
+
+@pytest.fixture(scope="module")
+def lab(request: pytest.FixtureRequest, lab_file: Path, lab_name: str) -> Iterator[Lab]:
+    """The module's lab, up for the module's tests and always taken down after them."""
+    yield from _bring_up(request, lab_file, lab_name)
+
+
+@pytest.fixture(scope="session")
+def session_lab_file(request: pytest.FixtureRequest) -> Path:
+    """The session's topology: `--labctl-lab PATH`; override in a conftest.py."""
+    path = request.config.getoption("labctl_lab")
+    if not path:
+        pytest.fail("labctl: `session_lab` needs a topology: pass --labctl-lab PATH or "
+                    "define a `session_lab_file` fixture in conftest.py", pytrace=False)
+    return _resolve(str(path), request)
+
+
+@pytest.fixture(scope="session")
+def session_lab_name() -> str:
+    return "pt-session"
+
+
+@pytest.fixture(scope="session")
+def session_lab(request: pytest.FixtureRequest, session_lab_file: Path,
+                session_lab_name: str) -> Iterator[Lab]:
+    """One lab for the whole session, always taken down at its end."""
+    yield from _bring_up(request, session_lab_file, session_lab_name)
