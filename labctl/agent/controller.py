@@ -72,6 +72,7 @@ class Agent:
         self.state: ClusterState  # the same with readiness: what the lab runs
         self.runtime = Runtime()
         self.syncs: dict[str, sync.NodeSync] | None = None  # None: derive on first use
+        self.last_timings: dict[str, float] = {}  # the last converge's phases (seconds)
         self.containers: dict[str, list[dict[str, Any]]] = {}  # pod host's last answer
         self.starting: set[str] = set()  # pods whose containers the pod host is starting
         self.probes: dict[str, PodProbes] = {}
@@ -254,6 +255,7 @@ class Agent:
         else:
             done = await asyncio.to_thread(converge, self.state, new, previous, kernel=False)
         self.syncs = done.syncs
+        self.last_timings = done.timings
         changed_eps = self._endpoint_changes(self.state, new)
         self.state = new
         synced = {}

@@ -8,11 +8,13 @@ cluster hold the agent's lock; the CLI holds the lab's file lock around its requ
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from labctl.agent.phases import Phases
 from labctl.cluster.runtime import Runtime, object_key
 
 if TYPE_CHECKING:
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
 
 Handler = Callable[["Agent", dict[str, Any]], Awaitable[dict[str, Any]]]
 HANDLERS: dict[str, Handler] = {}
+
+
+log = logging.getLogger("labctl.agent")
 
 
 def op(name: str) -> Callable[[Handler], Handler]:
@@ -131,8 +136,10 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
     from labctl.model.load import load_topology
 
     files = [str(f) for f in req.get("files") or []]
+    clock = Phases()
     try:
         topology, warnings = load_topology(files, lab_name=agent.lab)
+        clock.mark("load")
     except UserError as e:
         return {"userError": e.format(), "exitCode": e.exit_code}
     if topology.lab.name != agent.lab:
@@ -160,6 +167,7 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
             new_base, runtime = agent.compile(runtime, topology)
         except UserError as e:
             return {"userError": e.format(), "exitCode": e.exit_code}
+        clock.mark("compile")
         mode_now, mode_files = agent.state.lab.proxy_mode, topology.lab.proxy_mode
         switch = mode_files if mode_files not in (old.lab.proxy_mode, mode_now) else ""
         if switch:
@@ -173,7 +181,8 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
             "changes": changes, "created": created,
             "terminating": sorted(set(deleted) | set(changed)),
             "proxyMode": [mode_now, switch] if switch else None,
-            "warnings": [d.format() for d in warnings if d.severity == "warning"]}
+            "warnings": [d.format() for d in warnings if d.severity == "warning"],
+            "timings": clock.ms}
         if req.get("dryRun"):
             from labctl.plan.commands import diff_commands
             from labctl.plan.diff import diff
@@ -187,8 +196,11 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
         agent._raw_topology = topology  # noqa: SLF001 - the cache of what was just copied
         for obj, verb in changes:
             agent.event("Normal", verb.capitalize(), obj, f"{obj} {verb} by labctl apply")
+        clock.mark("record")
         if changes:
             done = await agent.converge_to(new_base, runtime, {})
+            clock.add("converge", agent.last_timings)
+            clock.mark("converge")
             result["synced"] = done["synced"]
             result["terminating"] = sorted(set(result["terminating"]) | set(done["terminating"]))
         if switch:
@@ -197,6 +209,8 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
             if rec is not None:
                 rec.proxy_mode = switch
                 store.save(rec)
+            clock.mark("proxy-mode")
+    log.info("apply: %s", clock.summary())
     return result
 
 
