@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from labctl.errors import Diagnostic, Pos, UserError
 from labctl.exercise import placeholders
@@ -37,6 +37,7 @@ DNS_TYPES = ("A", "AAAA", "SRV", "PTR", "CNAME", "TXT", "NS", "SOA")
 DNS_RCODES = ("NXDOMAIN", "NODATA")
 MODES = ("iptables", "nftables", "ipvs", "userspace")
 MAX_COUNT = 200
+FORMAT_HINT = "the checks.yaml format: topologies/README.md"
 
 
 def _positive(what: str, high: int, hint: str = "") -> Scalar:
@@ -55,7 +56,8 @@ REACH = Struct({
     "to": "the target(s): a Service, a pod, node:NAME, a DNS name or an IP"})
 DNS = Struct({
     "from": STRING, "name": STRING,
-    "type": Scalar("string", (one_of(*DNS_TYPES),)), "expect": OPAQUE, **_TITLE,
+    "type": Scalar("string", (one_of(*DNS_TYPES, hint="the record types the cluster DNS "
+                                      "serves"),)), "expect": OPAQUE, **_TITLE,
 }, {"name": "the name to ask, e.g. web.default.svc.cluster.local",
     "expect": "a list of answers, or NXDOMAIN, or NODATA"})
 RULE = Struct({
@@ -63,13 +65,14 @@ RULE = Struct({
     "mode": Scalar("string", (one_of(*MODES),)), "service": STRING, **_TITLE,
 }, {"node": "the node whose rules are read, e.g. node1",
     "pattern": "a regular expression matched against each line of the rules"})
-_COUNT = Scalar("integer", (int_range(0, 100000, "a count"),))
+_COUNT = Scalar("integer", (int_range(0, 100000, "a count", "a count is 0 or more"),))
 ENDPOINTS = Struct({"service": STRING, "ready": _COUNT, "serving": _COUNT,
                     "terminating": _COUNT, **_TITLE},
                    {"service": "the Service, NAME or NS/NAME"})
 COMMAND = Struct({
     "in": STRING, "run": OPAQUE, "expect": STRING, "absent": STRING,
-    "exitCode": Scalar("integer", (int_range(0, 255, "an exit code"),)),
+    "exitCode": Scalar("integer", (int_range(0, 255, "an exit code", "exit codes are "
+                                             "0-255"),)),
     "timeout": _positive("seconds", 30, "commands are bounded: 1-30 seconds"), **_TITLE,
 }, {"in": "where to run: a pod, NS/POD, web-*, external or node:NAME",
     "run": 'the command: a string for sh -c, or a list ["argv", "..."]'})
@@ -205,7 +208,8 @@ def parse(text: str, file: str) -> Exercise:
     exercise = _Builder(file, report).build(docs[0]) if docs else None
     errors = [d for d in report.diagnostics if d.severity == "error"]
     if errors or exercise is None:
-        raise UserError(report.sorted([file]))
+        raise UserError([d if d.hint else replace(d, hint=FORMAT_HINT)
+                         for d in report.sorted([file])])
     return exercise
 
 
@@ -363,8 +367,8 @@ class _Builder:
                 node = node.get(part) if isinstance(node, YMap) else None
         return node
 
-    def strings(self, path: str, what: str) -> list[tuple[str, Pos]] | None:
-        """A string or a list of strings, with each one's position."""
+    def strings(self, path: str, what: str) -> list[tuple[str, Pos, str]] | None:
+        """A string or a list of strings, with each one's position and field path."""
         node = self.node_at(path)
         if node is None:
             return None
@@ -377,7 +381,7 @@ class _Builder:
                 self.error(sub, f"expected {what}, found {describe(item)}",
                            'write a name, or a list of them: ["a", "b"]', item.pos)
                 continue
-            out.append((item.value, item.pos))
+            out.append((item.value, item.pos, sub))
         if isinstance(node, YSeq) and not node.items:
             self.error(path, "expected at least one item, found an empty list",
                        "name at least one", node.pos)
@@ -388,12 +392,12 @@ class _Builder:
         items = self.strings(path, what)
         if items is None:
             return None
-        for value, pos in items:
+        for value, pos, sub in items:
             if clients:
-                self.client(path, value, pos)
+                self.client(sub, value, pos)
             else:
-                self.placeholder_text(path, value, pos=pos)
-        return tuple(v for v, _ in items)
+                self.placeholder_text(sub, value, pos=pos)
+        return tuple(v for v, _, _ in items)
 
     def client(self, path: str, value: str, pos: Pos | None = None) -> None:
         problem = client_problem(value)
@@ -438,9 +442,9 @@ class _Builder:
         items = self.strings(path, "an answer")
         if items is None:
             return None
-        for value, pos in items:
-            self.placeholder_text(path, value, pos)
-        return tuple(v for v, _ in items)
+        for value, pos, sub in items:
+            self.placeholder_text(sub, value, pos)
+        return tuple(v for v, _, _ in items)
 
     def run_field(self, path: str) -> str | tuple[str, ...] | None:
         node = self.node_at(path)
@@ -466,12 +470,12 @@ def client_problem(value: str) -> Problem | None:
     if value == "external" or (value.startswith("node:") and len(value) > 5):
         return None
     if value.startswith("node:"):
-        return Problem("node: names no node", "write node:node1")
+        return Problem('"node:" names no node', "write node:NAME, e.g. node:node1")
     if "${" in value:
         return Problem(f'"{value}": clients are named, not given by placeholders',
                        "write the pod's name (web-* for a Deployment's pods)")
     namespace, _, name = value.rpartition("/")
-    if "/" in name or not name or "*" in name[:-1] or (namespace and "*" in namespace):
+    if value.count("/") > 1 or not name or "*" in name[:-1] or "*" in namespace:
         return Problem(f'"{value}" is not a pod reference',
                        "write NAME, NS/NAME or a prefix ending in '*' (web-*)")
     return None
