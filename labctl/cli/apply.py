@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from labctl.cli.common import CONTEXT, handle_errors
-from labctl.cli.output import err
+from labctl.cli.common import CONTEXT, check_output, handle_errors, output_option
+from labctl.cli.output import err, timings_text
 
 
 @click.command(context_settings=CONTEXT)
@@ -15,8 +15,11 @@ from labctl.cli.output import err
               type=click.Path(exists=True), help="The lab's manifests (files or folders).")
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
 @click.option("--lab", "lab_name", help="Which lab (default: the only one).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@output_option
 @handle_errors
-def apply(files: tuple[str, ...], dry_run: bool, lab_name: str | None) -> None:
+def apply(files: tuple[str, ...], dry_run: bool, lab_name: str | None, quiet: bool,
+          fmt: str | None) -> None:
     """Apply changed manifests to a running lab, like kubectl apply.
 
     Everything can change: Services (ports, selectors, types), EndpointSlices, Pods,
@@ -29,18 +32,32 @@ def apply(files: tuple[str, ...], dry_run: bool, lab_name: str | None) -> None:
     a kubelet: a Service created now is in DNS but not in their env vars.
 
     \b
-    Example:  labctl apply -f topologies/quickstart --dry-run
+    Examples:
+      labctl apply -f topologies/quickstart --dry-run
+      labctl apply -f lab.yaml
+      labctl apply -f lab.yaml -o json | jq '.changes'
     """
     from labctl.lab import remote, store
 
+    check_output(fmt, quiet)
     lab = store.pick_lab(lab_name)
     try:
         result = remote.apply(lab, files, dry_run)
     except remote.AppliedUserError as e:
         err(e.text)
         sys.exit(e.exit_code)
+    if quiet:
+        return
     for text in result.warnings:
         err(text)
+    if fmt == "json":
+        from labctl.cli import report
+
+        click.echo(report.to_json(report.lab_report(
+            "apply", lab, store.state_of(lab), result.timings,
+            report.apply_changes(result.changes, result.pods, result.proxy_mode),
+            dryRun=dry_run, commands=result.commands, synced=result.synced)))
+        return
     if not result.changes and not result.proxy_mode:
         click.echo("no changes")
         return
@@ -63,3 +80,5 @@ def apply(files: tuple[str, ...], dry_run: bool, lab_name: str | None) -> None:
     if result.synced:
         click.echo("rules resynced: " + ", ".join(f"{n} {ms} ms"
                                                  for n, ms in result.synced.items()))
+    if result.timings:
+        click.echo(f"timings: {timings_text(result.timings)}")

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import click
+
 from labctl.cli.output import err
 from labctl.errors import LabctlError, UserError
 
@@ -39,3 +41,19 @@ def print_warnings(diags: list[Any], show_info: bool = False) -> None:
             err(d.format())
 
 
+
+
+def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`-o json` of up, down and apply: their result as one LabReport (cli/report.py)."""
+    return click.option("-o", "--output", "fmt", type=click.Choice(["json"]),
+                        help="Print the result as one JSON object (a LabReport, described "
+                             "in docs/architecture.md) instead of the summary.")(fn)
+
+
+def check_output(fmt: str | None, quiet: bool, **flags: bool) -> None:
+    """-o json prints the report and nothing else, so not with --quiet nor with `flags`
+    whose output would break the JSON: a usage error (exit 2) before anything is done."""
+    clash = (["--quiet"] if quiet else []) + [f"--{name.replace('_', '-')}"
+                                              for name, on in flags.items() if on]
+    if fmt == "json" and clash:
+        raise click.UsageError(f"-o json cannot be combined with {', '.join(clash)}")

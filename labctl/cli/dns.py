@@ -13,7 +13,12 @@ from labctl.errors import LabctlError
 
 @click.group(context_settings=CONTEXT)
 def dns() -> None:
-    """Cluster DNS: the answers CoreDNS (kubeadm's configuration) gives in a lab."""
+    """Cluster DNS: the answers CoreDNS (kubeadm's configuration) gives in a lab.
+
+    \b
+    Example:
+      labctl dns serve -f topologies/quickstart --listen 127.0.0.1:5353
+    """
 
 
 @dns.command(context_settings=CONTEXT)

@@ -65,9 +65,7 @@ def show(state: ClusterState, resource: str, fmt: str | None, namespace: str | N
             headers.append("SELECTOR")
         rows = []
         for s in svcs:
-            external = (s.load_balancer_ip or ",".join(s.service.external_ips)
-                        or s.service.external_name or "<none>")
-            row = [s.name, s.service.type, s.cluster_ip or "<none>", external,
+            row = [s.name, s.service.type, s.cluster_ip or "<none>", views.external_ip_text(s),
                    views.service_port_text(s), since]
             if fmt == "wide":
                 sel = s.service.selector

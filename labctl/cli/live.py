@@ -126,7 +126,11 @@ def break_(kind: str, name: str, what: str | None, wait: bool, namespace: str,
 @handle_errors
 def heal(kind: str, name: str, wait: bool, namespace: str, lab_name: str | None) -> None:
     """Undo `labctl break`: probes ask the containers again, crashes stop. The pod is
-    back in its Services once its readiness probe succeeds."""
+    back in its Services once its readiness probe succeeds.
+
+    \b
+    Example:  labctl heal pod web-pptqln7mcg-knq4m --wait
+    """
     from labctl.lab import lifecycle
 
     lab = lifecycle.pick_lab(lab_name)
@@ -263,7 +267,13 @@ def _objects_in(files: tuple[str, ...], lab: str) -> list[list[str]]:
 def events(watch: bool, lab_name: str | None) -> None:
     """Show the lab's events, oldest first, like kubectl get events: probes failing,
     endpoints changing, rules synced on each node (and how long it took), containers
-    restarting, pods created and deleted."""
+    restarting, pods created and deleted.
+
+    \b
+    Examples:
+      labctl events
+      labctl events -w --lab quickstart
+    """
     from labctl.agent.events import read
     from labctl.agent.paths import StatePaths
     from labctl.lab import lifecycle, store
@@ -299,7 +309,11 @@ def events(watch: bool, lab_name: str | None) -> None:
 
 @click.group(context_settings=CONTEXT)
 def agent() -> None:
-    """The lab's agent (the controller) and pod host (the containers)."""
+    """The lab's agent (the controller) and pod host (the containers).
+
+    \b
+    Example:  labctl agent restart --lab quickstart
+    """
 
 
 @agent.command(name="restart", context_settings=CONTEXT)
@@ -311,6 +325,9 @@ def agent_restart(lab_name: str | None) -> None:
     The new agent adopts the lab without rebuilding it: the pod host and the kernel's
     rules carry on, so no connection is lost; it loads every node's rules afresh and
     restarts the pods whose containers are gone (and the pod host, if it died).
+
+    \b
+    Example:  labctl agent restart --lab quickstart
     """
     from labctl.lab import lifecycle
 

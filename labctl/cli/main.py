@@ -10,9 +10,8 @@ import sys
 
 import click
 
-from labctl.cli import output
-from labctl.cli.common import CONTEXT, handle_errors, print_warnings
-from labctl.cli.output import age, err, table
+from labctl.cli.common import CONTEXT, check_output, handle_errors, output_option, print_warnings
+from labctl.cli.output import age, err, table, timings_text
 from labctl.errors import LabctlError
 
 # Commands kept in their own modules, imported only when used (`labctl apply` should
@@ -57,7 +56,7 @@ def cli() -> None:
     the kernel forwards every packet, so ip, tcpdump and conntrack show the real thing.
 
     \b
-    Typical session (as root):
+    Examples (a typical session, as root):
       labctl validate topologies/quickstart
       labctl up topologies/quickstart
       labctl get pods -o wide
@@ -124,40 +123,50 @@ def print_plan(files: tuple[str, ...], name: str | None = None) -> None:
 @click.option("--tour", is_flag=True, help="After building, show the pods and a cross-node "
               "request.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@output_option
 @click.option("--name", help="Name the lab NAME instead of its metadata.name (a second "
               "copy of the same files, or a test's own lab).")
 @handle_errors
-def up(files: tuple[str, ...], dry_run: bool, tour: bool, quiet: bool,
+def up(files: tuple[str, ...], dry_run: bool, tour: bool, quiet: bool, fmt: str | None,
        name: str | None) -> None:
     """Build the lab FILES describe and start its agent.
 
-    On any failure (or Ctrl-C) everything made so far is removed again.
+    On any failure (or Ctrl-C) everything made so far is removed again. While it works,
+    each phase is shown on stderr as it ends, with its duration (a progress bar for long
+    labs on a terminal); at the end, a summary: nodes, pods, Services with their
+    ClusterIPs and NodePorts, cluster DNS, the proxy mode and the timings.
 
     \b
     Examples:
       labctl up topologies/quickstart
       labctl up lab.yaml --dry-run
       labctl up topologies/quickstart --name qs2
+      labctl up topologies/quickstart -o json | jq '.services[] | {name, clusterIP}'
     """
+    from labctl.cli import report
+    from labctl.cli.progress import PhaseProgress
     from labctl.lab import lifecycle
 
+    check_output(fmt, quiet, dry_run=dry_run, tour=tour)
     if dry_run:
         print_plan(files, name)
         return
-    result = lifecycle.up(files, output.Progress(quiet), name=name)
+    progress = PhaseProgress(lines=not quiet and fmt is None, bar=False if quiet else None)
+    result = lifecycle.up(files, progress, name=name)
     if quiet:
         return
     print_warnings(result.warnings)
-    st, t = result.state, result.timings
+    st, ms = result.state, report.as_ms(result.timings)
+    if fmt == "json":
+        click.echo(report.to_json(report.lab_report(
+            "up", st.lab.name, st, ms, adopted=result.adopted, agentPid=result.agent_pid)))
+        return
     if result.adopted:
         click.echo(f"lab {st.lab.name!r} was up but its agent had died: a new agent (pid "
                    f"{result.agent_pid}) adopted it; nothing was rebuilt")
         return
-    total = sum(t.values())
-    click.echo(f"lab {st.lab.name!r} is up: {len(st.nodes)} nodes, {len(st.pods)} pods, "
-               f"{len(st.services)} services, proxy mode {st.lab.proxy_mode}")
-    click.echo("  " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in t.items())
-               + f" (total {total * 1000:.0f} ms)")
+    click.echo(f"lab {st.lab.name!r} is up: {report.headline(st)}\n")
+    click.echo(report.summary(st, ms))
     if tour:
         from labctl.cli.tour import tour as run_tour
 
@@ -168,22 +177,44 @@ def up(files: tuple[str, ...], dry_run: bool, tour: bool, quiet: bool,
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("lab", required=False)
-@click.option("-q", "--quiet", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@output_option
 @handle_errors
-def down(lab: str | None, quiet: bool) -> None:
-    """Take LAB down (the only lab when not named). Safe to repeat."""
+def down(lab: str | None, quiet: bool, fmt: str | None) -> None:
+    """Take LAB down (the only lab when not named). Safe to repeat.
+
+    Stops the agent and the pod host, kills what still runs in the lab's namespaces,
+    removes the namespaces (and with them every link) and the lab's files; each phase
+    is shown on stderr with its duration.
+
+    \b
+    Examples:
+      labctl down
+      labctl down quickstart -q
+      labctl down quickstart -o json
+    """
+    from labctl.cli import report
+    from labctl.cli.progress import PhaseProgress
     from labctl.lab import lifecycle, store
 
-    if lab is None:
-        labs = store.known_labs()
-        if not labs:
-            if not quiet:
-                click.echo("no lab is up")
-            return
-        lab = lifecycle.pick_lab(None)
-    removed = lifecycle.down(lab)
-    if not quiet:
-        click.echo(f"lab {lab!r} is down ({removed} namespaces removed)")
+    check_output(fmt, quiet)
+    if lab is None and not store.known_labs():
+        if fmt == "json":
+            click.echo(report.to_json(report.lab_report("down", None, None, {"total": 0.0},
+                                                        namespacesRemoved=0)))
+        elif not quiet:
+            click.echo("no lab is up")
+        return
+    lab = lab or lifecycle.pick_lab(None)
+    done = lifecycle.take_down(lab, PhaseProgress(lines=not quiet and fmt is None,
+                                                  bar=False))
+    ms = report.as_ms(done.timings)
+    if fmt == "json":
+        click.echo(report.to_json(report.lab_report("down", lab, None, ms,
+                                                    namespacesRemoved=done.namespaces)))
+    elif not quiet:
+        click.echo(f"lab {lab!r} is down ({done.namespaces} namespaces removed)\n"
+                   f"timings: {timings_text(ms)}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -194,6 +225,11 @@ def clean(everything: bool) -> None:
     """Remove what crashed labs left behind, found by labctl's ownership marks.
 
     Without --all, labs that are up and healthy are kept. Safe to repeat.
+
+    \b
+    Examples:
+      labctl clean
+      labctl clean --all
     """
     from labctl.lab import lifecycle
 
@@ -207,7 +243,11 @@ def clean(everything: bool) -> None:
 @cli.command(context_settings=CONTEXT)
 @handle_errors
 def status() -> None:
-    """List the labs on this host and whether each is healthy."""
+    """List the labs on this host and whether each is healthy.
+
+    \b
+    Example:  labctl status
+    """
     from labctl.lab import lifecycle
 
     rows = []

@@ -1,11 +1,10 @@
-"""Output helpers: kubectl-style tables, ages, JSON/YAML lists, progress lines."""
+"""Output helpers: kubectl-style tables, ages, JSON/YAML lists (progress: cli/progress.py)."""
 
 from __future__ import annotations
 
 import json
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
@@ -38,21 +37,13 @@ def as_list(items: list[dict[str, Any]], fmt: str) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+def timings_text(timings_ms: Mapping[str, float]) -> str:
+    """"compile 38 ms, kernel 30 ms (total 68 ms)" from phase → milliseconds."""
+    parts = [f"{k} {v:.0f} ms" for k, v in timings_ms.items() if k != "total"]
+    total = timings_ms.get("total", sum(timings_ms.values()))
+    return ", ".join(parts) + f" (total {total:.0f} ms)"
+
+
 def err(text: str) -> None:
     click.echo(text, err=True)
 
-
-class Progress:
-    """Phase lines on stderr ("kernel: namespaces 100/105"), overwritten on a terminal."""
-
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        if self.quiet or not self.tty:
-            return
-        sys.stderr.write(f"\r  {phase}: {done}/{total}")
-        if done == total:
-            sys.stderr.write("\r\033[K")
-        sys.stderr.flush()

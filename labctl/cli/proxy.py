@@ -57,7 +57,12 @@ def rules(node: str, service: str | None, lab_name: str | None) -> None:
 
 @click.group(context_settings=CONTEXT)
 def proxy() -> None:
-    """What kube-proxy would program, without a lab."""
+    """What kube-proxy would program, without a lab.
+
+    \b
+    Example:
+      labctl proxy render --mode nftables --node-name node1 --node-ip 172.18.0.2 lab.yaml
+    """
 
 
 @proxy.command(context_settings=CONTEXT)

@@ -111,6 +111,12 @@ def service_port_text(svc: ServiceState) -> str:
     return ",".join(parts) or "<none>"
 
 
+def external_ip_text(svc: ServiceState) -> str:
+    """kubectl's EXTERNAL-IP column: the LoadBalancer IP, externalIPs or externalName."""
+    return (svc.load_balancer_ip or ",".join(svc.service.external_ips)
+            or svc.service.external_name or "<none>")
+
+
 def endpoints_text(state: ClusterState, svc: ServiceState, limit: int = 3) -> str:
     """kubectl's ENDPOINTS column: ip:port list, '+ N more...' past three."""
     items = []

@@ -11,16 +11,14 @@ the caller's: `up` starts the pod host after this; the agent tells it what chang
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from labctl.cluster.state import ClusterState
 from labctl.lab import etcnetns, store
+from labctl.lab.progress import Progress, Timings
 from labctl.net.apply import apply_changes, apply_plan
 from labctl.plan.render import render
 from labctl.proxy import sync
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -37,7 +35,7 @@ def converge(old: ClusterState | None, new: ClusterState,
     """Make the kernel match `new`, given that it matches `old` (None: a fresh lab).
     `syncs`: what each node's rules were last synced from (None: full loads).
     `kernel=False`: only pods' readiness changed — skip the kernel diff and files."""
-    timings: dict[str, float] = {}
+    timings = Timings(progress)  # each phase reported as it ends
     before = {p.key: p for p in old.pods} if old else {}
     after = {p.key: p for p in new.pods}
     added = [k for k in after if k not in before or before[k].netns != after[k].netns]

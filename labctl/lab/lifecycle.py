@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from labctl.agent import control
@@ -19,13 +19,12 @@ from labctl.cluster.state import ClusterState
 from labctl.errors import CapabilityError, Diagnostic, LabctlError, NotFoundError
 from labctl.lab import etcnetns, store
 from labctl.lab.converge import converge
+from labctl.lab.progress import Progress, Timings
 from labctl.lab.workloads import workloads_document
 from labctl.net import inventory
 from labctl.plan.model import Plan
 from labctl.plan.render import render
 from labctl.proxy import sync
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -80,7 +79,8 @@ def up(paths: Sequence[str], progress: Progress | None = None,
     state, plan, warnings = prepare(paths, name)
     ready = initial_readiness(state)  # pods with readiness probes start not ready
     state = with_readiness(state, ready)
-    timings = {"compile": time.perf_counter() - t0}
+    timings = Timings(progress)  # each phase reported as it ends
+    timings["compile"] = time.perf_counter() - t0
     check_capabilities(state)
     lab = state.lab.name
     rec0 = store.load(lab)
@@ -111,7 +111,7 @@ def up(paths: Sequence[str], progress: Progress | None = None,
         except BaseException:
             _teardown(lab, rec.namespaces)
             raise
-        rec.status, rec.up_pid, rec.timings = "up", 0, timings
+        rec.status, rec.up_pid, rec.timings = "up", 0, dict(timings)
         store.save(rec)
     return UpResult(state, plan, warnings, timings, pid)
 
@@ -131,28 +131,49 @@ def restart_agent(lab: str) -> int:
         return control.start_agent(sdir)
 
 
-def _teardown(lab: str, namespaces: list[str]) -> None:
-    """Stop the agent and every process in the lab's namespaces, drop them, forget the lab."""
+def _teardown(lab: str, namespaces: list[str], timings: Timings | None = None) -> None:
+    """Stop the agent and every process in the lab's namespaces, drop them, forget the lab.
+    Each step's duration goes into `timings` when given."""
+    timings = Timings() if timings is None else timings
+    t = time.perf_counter()
     sdir = store.state_dir(lab)
     if os.path.isdir(sdir):
         control.stop_agent(sdir)
     control.kill_lab_processes(namespaces)
+    timings["processes"] = time.perf_counter() - t
+    t = time.perf_counter()
     inventory.delete_namespaces(namespaces)
+    timings["namespaces"] = time.perf_counter() - t
+    t = time.perf_counter()
     etcnetns.remove(lab)
     store.remove(lab)
+    timings["files"] = time.perf_counter() - t
+
+
+@dataclass
+class DownResult:
+    lab: str
+    namespaces: int  # how many of the lab's namespaces were removed
+    timings: dict[str, float] = field(default_factory=dict)  # phase → seconds
 
 
 def down(lab: str) -> int:
     """Take a lab down (idempotent). Returns how many namespaces were removed."""
+    return take_down(lab).namespaces
+
+
+def take_down(lab: str, progress: Progress | None = None) -> DownResult:
+    """Take a lab down (idempotent), timing each step and reporting it to `progress`."""
+    timings = Timings(progress)
     with store.locked(lab):
         rec = store.load(lab)
         owned = inventory.lab_namespaces().get(lab, [])
         if (rec is None and not owned and not os.path.isdir(store.state_dir(lab))
                 and lab not in etcnetns.owners()):
-            return 0
+            return DownResult(lab, 0)
         namespaces = sorted(set(owned) | set(rec.namespaces if rec else []))
-        _teardown(lab, namespaces)
-        return len(owned)
+        _teardown(lab, namespaces, timings)
+        return DownResult(lab, len(owned), dict(timings))
 
 
 @dataclass

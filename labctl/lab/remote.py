@@ -34,6 +34,7 @@ class ApplyResult:
     proxy_mode: tuple[str, str] | None = None  # (old, new) when the mode changes
     warnings: list[str] = field(default_factory=list)  # formatted
     commands: list[str] = field(default_factory=list)  # dry run: the kernel change
+    timings: dict[str, float] = field(default_factory=dict)  # the agent's phases, in ms
 
 
 def apply(lab: str, paths: Sequence[str], dry_run: bool = False) -> ApplyResult:
@@ -72,4 +73,5 @@ def apply(lab: str, paths: Sequence[str], dry_run: bool = False) -> ApplyResult:
         pods={"created": list(reply.get("created", [])),
               "terminating": list(reply.get("terminating", []))},
         proxy_mode=(str(mode[0]), str(mode[1])) if mode else None,
-        warnings=list(reply.get("warnings", [])), commands=list(reply.get("commands", [])))
+        warnings=list(reply.get("warnings", [])), commands=list(reply.get("commands", [])),
+        timings={str(k): float(v) for k, v in (reply.get("timings") or {}).items()})
