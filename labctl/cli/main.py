@@ -25,7 +25,7 @@ LAZY = {
     "events": "labctl.cli.live:events", "graph": "labctl.cli.graph:graph",
     "heal": "labctl.cli.live:heal", "proxy": "labctl.cli.proxy:proxy",
     "proxy-mode": "labctl.cli.proxy:proxy_mode", "rules": "labctl.cli.proxy:rules",
-    "scale": "labctl.cli.live:scale",
+    "scale": "labctl.cli.live:scale", "trace": "labctl.cli.trace:trace",
 }
 
 

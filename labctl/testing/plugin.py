@@ -88,11 +88,15 @@ def _bring_up(request: pytest.FixtureRequest, path: Path, name: str) -> Iterator
     from labctl.testing.lab import LabSetupError, running
 
     keep = bool(request.config.getoption("labctl_keep"))
+    failed = ""
     try:
         with running([path], name, keep) as lab:
             yield lab
     except LabSetupError as exc:
-        pytest.fail(f"labctl: lab {name!r} from {path} did not come up:\n{exc}", pytrace=False)
+        failed = str(exc)
+    if failed:  # outside the handler: the report shows labctl's message once
+        pytest.fail(f"labctl: lab {name!r} from {path} did not come up:\n{failed}",
+                    pytrace=False)
     if keep:
         request.config.stash[KEPT].append(name)
 

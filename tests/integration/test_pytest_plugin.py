@@ -1,0 +1,181 @@
+"""labctl's pytest plugin, used the way a lab author uses it: inner pytest sessions
+(pytester, in their own processes) whose `lab` fixtures bring real labs up — and always
+take them down: after a failing test, a topology that does not load, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from labctl.lab import store
+from labctl.testing.runner import labctl, leftovers
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+LAB = """\
+apiVersion: labctl/v1
+kind: Lab
+spec:
+  nodes: [{name: node1}, {name: node2}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, labels: {app: a}}
+spec:
+  nodeName: node1
+  containers: [{name: c, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a}
+spec:
+  selector: {app: a}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+BAD_LAB = LAB.replace("targetPort: 8080", "targetPort: 80800")
+
+
+def run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=180)
+
+
+def test_a_failing_test_still_takes_its_lab_down(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", lab=LAB)
+    pytester.makepyfile(test_inner="""
+        import os
+        import pytest
+
+        pytestmark = pytest.mark.lab("lab.yaml", name="pp-plug-fail")
+
+        def test_fails_on_purpose(lab):
+            assert os.path.exists("/run/netns/" + lab.pod("a").netns)
+            assert lab.http_get("a", "a").pod == "a"
+            raise AssertionError("deliberate failure after the lab answered")
+    """)
+    result = run_inner(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*deliberate failure after the lab answered*"])
+    assert leftovers(["pp-plug-fail"]) == {}
+
+
+def test_a_topology_that_does_not_load_is_a_clear_setup_error(
+        pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", lab=BAD_LAB)
+    pytester.makepyfile(test_inner="""
+        import pytest
+
+        pytestmark = pytest.mark.lab("lab.yaml", name="pp-plug-bad")
+
+        def test_never_runs(lab):
+            raise AssertionError("the body ran")
+    """)
+    result = run_inner(pytester)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*lab 'pp-plug-bad' from *lab.yaml did not come up*",
+                                 "*lab.yaml:*:*targetPort*"])
+    result.stdout.no_fnmatch_line("*the body ran*")
+    assert leftovers(["pp-plug-bad"]) == {}
+
+
+@pytest.mark.parametrize("during", ["setup", "test"])
+def test_ctrl_c_takes_the_lab_down(pytester: pytest.Pytester, during: str) -> None:
+    """Ctrl-C while `labctl up` is building the lab (as soon as its state dir exists),
+    or while a test runs."""
+    pytester.makefile(".yaml", lab=LAB)
+    flag = Path(store.state_dir("pp-plug-int")) if during == "setup" else (
+        pytester.path / "lab-is-up")
+    pytester.makepyfile(test_inner=f"""
+        import pathlib
+        import time
+        import pytest
+
+        pytestmark = pytest.mark.lab("lab.yaml", name="pp-plug-int")
+
+        def test_waits_for_ctrl_c(lab):
+            pathlib.Path({str(flag)!r}).write_text(lab.pod("a").ip)
+            time.sleep(60)
+    """)
+    # Its own process group, signalled as a terminal's Ctrl-C signals every process in it.
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "test_inner.py"], cwd=pytester.path, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert flag.exists(), f"the inner session never reached its {during}"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert "KeyboardInterrupt" in out
+    assert leftovers(["pp-plug-int"]) == {}
+
+
+def test_keep_leaves_the_lab_up_and_a_second_run_refuses_to_touch_it(
+        pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", lab=LAB)
+    pytester.makepyfile(test_inner="""
+        import pytest
+
+        pytestmark = pytest.mark.lab("lab.yaml", name="pp-plug-keep")
+
+        def test_up(lab):
+            assert lab.http_get("a", lab.pod("a").ip, 8080).pod == "a"
+    """)
+    try:
+        result = run_inner(pytester, "--labctl-keep")
+        result.assert_outcomes(passed=1)
+        result.stdout.fnmatch_lines(["*left up (--labctl-keep): pp-plug-keep*"])
+        assert store.load("pp-plug-keep") is not None
+        again = run_inner(pytester)
+        again.assert_outcomes(errors=1)
+        again.stdout.fnmatch_lines(["*'pp-plug-keep' is already up (not brought up by this*"])
+        assert store.load("pp-plug-keep") is not None  # not ours to take down
+    finally:
+        labctl("down", "pp-plug-keep", check=False)
+    assert leftovers(["pp-plug-keep"]) == {}
+
+
+def test_a_session_lab_is_brought_up_once_for_every_module(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", lab=LAB)
+    pytester.makeconftest("""
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def session_lab_name():
+            return "pp-plug-sess"
+    """)
+    body = """
+        from labctl.lab import store
+
+        def test_uses_the_session_lab(session_lab):
+            assert session_lab.name == "pp-plug-sess"
+            with open("created", "a") as f:
+                f.write(f"{store.load(session_lab.name).created}\\n")
+    """
+    pytester.makepyfile(test_one=body, test_two=body)
+    result = run_inner(pytester, "--labctl-lab", "lab.yaml")
+    result.assert_outcomes(passed=2)
+    created = (pytester.path / "created").read_text().split()
+    assert len(created) == 2 and created[0] == created[1]
+    assert leftovers(["pp-plug-sess"]) == {}
+
+
+def test_the_readme_example_passes(pytester: pytest.Pytester) -> None:
+    result = run_inner(pytester, str(REPO / "examples" / "test_my_lab.py"),
+                       f"--rootdir={REPO}")
+    result.assert_outcomes(passed=3)
+    assert leftovers(["pp-example"]) == {}
