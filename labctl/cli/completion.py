@@ -119,6 +119,8 @@ COMPLETERS: dict[tuple[str, str], Completer] = {
     ("break", "name"): complete_pods,
     ("heal", "name"): complete_pods,
     ("rules", "node"): complete_nodes,
+    ("trace", "pod"): complete_pods,
+    ("trace", "dest"): complete_pods,
     ("graph", "sources"): complete_graph_sources,
 }
 

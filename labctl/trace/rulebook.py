@@ -1,0 +1,62 @@
+"""What a namespace's ruleset says about traced rules (pure): each base chain's hook and
+priority (from `nft -j list ruleset`), and each iptables-nft rule as `iptables-save`
+prints it — with its comment, which `nft monitor trace` leaves out — found by its
+position in its chain (the n-th rule of a chain in nft's listing is the n-th `-A CHAIN`
+line of iptables-save)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ChainKey = tuple[str, str, str]  # family, table, chain
+
+# The trace table's own chains (labctl/net/nftrace), by name.
+TRACE_HOOKS = {"pre": "prerouting", "out": "output"}
+TRACE_PREFIX = "labctl-trace-"
+IPTABLES_TABLES = ("filter", "nat", "mangle", "raw", "security")
+
+
+@dataclass
+class RuleBook:
+    hooks: dict[ChainKey, tuple[str, int]] = field(default_factory=dict)
+    handles: dict[ChainKey, list[int]] = field(default_factory=dict)
+    saved: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # table, chain
+
+    @classmethod
+    def of(cls, nft_json: Mapping[str, Any], iptables_save: str = "") -> RuleBook:
+        book = cls()
+        for item in nft_json.get("nftables", []):
+            if "chain" in item:
+                c = item["chain"]
+                key = (c["family"], c["table"], c["name"])
+                if "hook" in c:
+                    book.hooks[key] = (c["hook"], int(c.get("prio", 0)))
+            elif "rule" in item:
+                r = item["rule"]
+                book.handles.setdefault((r["family"], r["table"], r["chain"]), []).append(
+                    int(r["handle"]))
+        table = ""
+        for line in iptables_save.splitlines():
+            if line.startswith("*"):
+                table = line[1:].strip()
+            elif line.startswith("-A "):
+                chain = line.split()[1]
+                book.saved.setdefault((table, chain), []).append(line)
+        return book
+
+    def hook(self, family: str, table: str, chain: str) -> tuple[str, int]:
+        if table.startswith(TRACE_PREFIX):
+            return TRACE_HOOKS.get(chain, ""), -350
+        return self.hooks.get((family, table, chain), ("", 0))
+
+    def quote(self, family: str, table: str, chain: str, handle: int, nft_text: str) -> str:
+        """The rule as its ruleset shows it: iptables-save's line for an iptables-nft
+        rule (when the chain's rules line up one to one), else nft's own text."""
+        if family == "ip" and table in IPTABLES_TABLES:
+            handles = self.handles.get((family, table, chain), [])
+            saved = self.saved.get((table, chain), [])
+            if handle in handles and len(handles) == len(saved):
+                return saved[handles.index(handle)]
+        return nft_text
