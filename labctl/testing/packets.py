@@ -86,24 +86,33 @@ def syn_acks(packets: list[Any]) -> list[Any]:
 # ---------------------------------------------------------------- sending
 
 
-def send_from(ns: str, packet: Any, src: str | None = None) -> Any:
-    """Send `packet` (an scapy IP packet, with its payload) from namespace `ns`.
-
-    The IP header goes out as built (IP_HDRINCL); a source the packet does not set
-    explicitly becomes `src` (the pod's address) — scapy's own default would be looked
-    up in the host's routes. Returns the packet as sent."""
+def _with_source(packet: Any, src: str | None) -> Any:
     from scapy.layers.inet import IP
 
     ip = packet[IP]
     if src and "src" not in ip.fields:
         ip = ip.copy()
         ip.src = src
+    return ip
+
+
+def _send_raw(ns: str, ip: Any) -> None:
     with netns.entered(ns):
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     try:
         sock.sendto(bytes(ip), (ip.dst, 0))
     finally:
         sock.close()
+
+
+def send_from(ns: str, packet: Any, src: str | None = None) -> Any:
+    """Send `packet` (an scapy IP packet, with its payload) from namespace `ns`.
+
+    The IP header goes out as built (IP_HDRINCL); a source the packet does not set
+    explicitly becomes `src` (the pod's address) — scapy's own default would be looked
+    up in the host's routes. Returns the packet as sent."""
+    ip = _with_source(packet, src)
+    _send_raw(ns, ip)
     return ip
 
 
@@ -113,13 +122,13 @@ def sr1_from(ns: str, packet: Any, src: str | None = None, iface: str = "eth0",
     on `iface` (scapy's `answers`), or None after `timeout` seconds."""
     from scapy.layers.inet import IP
 
-    sent: list[Any] = []
+    ip = _with_source(packet, src)  # complete before sending: the answer may be quick
 
     def answers(p: Any) -> bool:
-        return bool(sent) and p.haslayer(IP) and p[IP].answers(sent[0])
+        return bool(p.haslayer(IP) and p[IP].answers(ip))
 
     with capture(ns, iface, match=answers, count=1, timeout=timeout + 1) as cap:
-        sent.append(send_from(ns, packet, src))
+        _send_raw(ns, ip)
         got = cap.wait(timeout)
     return got[0] if got else None
 

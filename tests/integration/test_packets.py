@@ -3,69 +3,90 @@
 A connection from a pod to a ClusterIP is DNAT-ed on the way to the backend (source
 untouched) and un-NAT-ed on the way back; the node's conntrack table holds the entry;
 an outside client's packet to a NodePort reaches the backend SNAT-ed to a node address.
+Written with labctl's pytest plugin (labctl.testing.lab), as a lab author would.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
+from collections.abc import Iterator
 
-from labctl.testing.packets import capture, syn_acks, syns, tcp_to
-from labctl.testing.runner import netns_exec
-from labctl.testing.traffic import http_get
-from tests.integration.service_lab import Lab
+import pytest
+
+from labctl.testing.lab import Lab, running
+from labctl.testing.packets import assert_dnat, assert_packet, assert_snat, tcp_to
+from tests.integration.conftest import write_lab
+from tests.integration.service_lab import EXTERNAL_IP, MANIFEST, MODES
 
 
-def _ip_layer(pkt):  # noqa: ANN001, ANN202
-    from scapy.layers.inet import IP, TCP
-
-    return pkt[IP], pkt[TCP]
+@pytest.fixture(scope="module", params=MODES)
+def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Lab]:
+    """The suite's Service lab once per proxy mode, brought up and always taken down by
+    the plugin's `running` (a module-level `lab`, so it shadows the shared one)."""
+    mode, _, legacy = request.param.partition("-")
+    name = f"pp-pkt-{mode[:3]}{legacy[:3]}"
+    path = write_lab(tmp_path_factory.mktemp(name), name, MANIFEST.format(
+        lab=name, mode=mode, backend="\n  iptablesBackend: legacy" if legacy else "",
+        external_ip=EXTERNAL_IP))
+    with running([path], name) as up:
+        yield up
 
 
 def test_cluster_ip_syn_is_dnated_to_the_backend_and_the_reply_comes_from_the_vip(
         lab: Lab) -> None:
-    vip = lab.vip("solo")
-    solo_ip = lab.pods["solo"]["status"]["podIP"]
-    client_ip = lab.pods["client"]["status"]["podIP"]
-    with capture(lab.ns("solo"), match=tcp_to(8080)) as backend, \
-            capture(lab.ns("client"), match=tcp_to(80)) as client:
-        reply = http_get(lab.ns("client"), vip, 80)
+    vip = lab.service("solo").cluster_ip
+    solo, client = lab.pod("solo").ip, lab.pod("client").ip
+    with lab.capture("solo", match=tcp_to(8080)) as backend, \
+            lab.capture("client", match=tcp_to(80)) as seen_by_client:
+        reply = lab.http_get("client", "solo", 80)
     assert reply.pod == "solo"
     sport = reply.local[1]
-    syn = [p for p in syns(backend.stop()) if _ip_layer(p)[1].sport == sport]
-    assert syn, f"no SYN from the client reached solo's eth0: {backend.packets}"
-    ip, tcp = _ip_layer(syn[0])
-    assert (ip.dst, tcp.dport) == (solo_ip, 8080)  # destination rewritten to pod:targetPort
-    assert ip.src == client_ip  # source unchanged
-    synack = [p for p in syn_acks(client.stop()) if _ip_layer(p)[1].dport == sport]
-    assert synack, f"no SYN-ACK reached the client: {client.packets}"
-    ip, tcp = _ip_layer(synack[0])
-    assert (ip.src, tcp.sport) == (vip, 80)  # the reply appears to come from the VIP
+    # destination rewritten to pod:targetPort, source unchanged
+    assert_dnat(backend.packets, to=f"{solo}:8080", src=f"{client}:{sport}", flags="S",
+                original=f"{vip}:80")
+    # the reply appears to come from the VIP
+    assert_packet(seen_by_client.packets, src=f"{vip}:80", dst=f"{client}:{sport}",
+                  flags="SA")
 
 
 def test_the_nodes_conntrack_table_holds_the_dnat_entry(lab: Lab) -> None:
-    vip = lab.vip("solo")
-    reply = http_get(lab.ns("client"), vip, 80)
-    sport = reply.local[1]
-    out = netns_exec(lab.node_ns("node1"), ["conntrack", "-L", "-p", "tcp", "-d", vip]).stdout
-    entry = [ln for ln in out.splitlines() if f"sport={sport} " in ln]
-    assert entry, out
-    solo_ip = lab.pods["solo"]["status"]["podIP"]
+    vip = lab.service("solo").cluster_ip
+    reply = lab.http_get("client", vip, 80)
+    entries = lab.conntrack("node1", proto="tcp", dst=vip, sport=reply.local[1])
+    assert len(entries) == 1, entries
     # original direction to the VIP, reply direction from the pod: a DNAT
-    assert f"dst={vip} " in entry[0] and f"src={solo_ip} " in entry[0]
+    assert entries[0].dnat and not entries[0].snat
+    assert (entries[0].reply.src, entries[0].reply.sport) == (lab.pod("solo").ip, 8080)
+
+
+def test_a_crafted_syn_to_a_cluster_ip_is_answered_from_it_and_dnated(lab: Lab) -> None:
+    from scapy.layers.inet import IP, TCP
+
+    vip = lab.service("solo").cluster_ip
+    solo, client = lab.pod("solo"), lab.pod("client")
+    sport = random.randint(40000, 60000)
+    with lab.capture("solo", match=tcp_to(8080)) as backend:
+        answer = lab.sr1("client", IP(dst=vip) / TCP(sport=sport, dport=80, flags="S"))
+    assert answer is not None, "no answer to the crafted SYN"
+    assert (answer[IP].src, answer[TCP].sport, answer[TCP].flags) == (vip, 80, "SA")
+    assert_dnat(backend.packets, to=f"{solo.ip}:8080", src=f"{client.ip}:{sport}", flags="S")
+    [entry] = lab.conntrack(client.node, dst=vip, sport=sport)
+    assert str(entry.orig) == f"{client.ip}:{sport} -> {vip}:80"
+    assert str(entry.reply) == f"{solo.ip}:8080 -> {client.ip}:{sport}"
 
 
 def test_node_port_from_outside_arrives_snated_to_a_node_address(lab: Lab) -> None:
-    node_ip = lab.nodes["node1"]
+    node1 = lab.node("node1")
+    web = lab.pods({"app": "web"})
     with contextlib.ExitStack() as stack:
-        caps = {pod: stack.enter_context(capture(lab.ns(pod), match=tcp_to(8080)))
-                for pod in sorted(lab.web_pods())}
-        reply = http_get(lab.external, node_ip, 30080)
-    sport_seen = reply.fields["client"].rsplit(":", 1)
-    syn = syns(caps[reply.pod].stop())
-    assert syn, f"no SYN reached {reply.pod}"
-    ip, tcp = _ip_layer(syn[-1])
-    assert ip.src == sport_seen[0] and ip.src != "172.18.0.254"  # SNAT-ed, not the client
-    on_node1 = lab.pods[reply.pod]["spec"]["nodeName"] == "node1"
+        caps = {p.name: stack.enter_context(lab.capture(p.name, match=tcp_to(8080)))
+                for p in web}
+        reply = lab.http_get("external", node1.ip, 30080)
+    backend = lab.pod(reply.pod)
     # to a pod on the same node the source is the node's bridge address, else its eth0
-    assert ip.src == ("10.244.0.1" if on_node1 else node_ip)
-    assert tcp.dport == 8080
+    node_side = node1.pod_gateway if backend.node == "node1" else node1.ip
+    assert reply.client_ip == node_side
+    assert_snat(caps[reply.pod].packets, to=node_side, dst=f"{backend.ip}:8080", flags="S",
+                original=lab.external_ip)
