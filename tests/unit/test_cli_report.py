@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import textwrap
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from labctl.cli.progress import BAR_MIN, PhaseProgress
 from labctl.cluster.compile import compile_files
 from labctl.cluster.state import ClusterState
 from labctl.lab.progress import Timings
+from tests.unit.goldens import check_golden
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
 
@@ -79,15 +79,6 @@ def state(tmp_path_factory: pytest.TempPathFactory) -> ClusterState:
     return st
 
 
-def check_golden(name: str, text: str) -> None:
-    golden = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text)
-    assert golden.exists(), f"no golden file {golden}; run with UPDATE_GOLDEN=1"
-    assert text == golden.read_text()
-
-
 # ------------------------------------------------------------------ -o json
 
 
@@ -111,7 +102,7 @@ def test_up_report_has_every_key_and_the_lab(state: ClusterState) -> None:
     assert sorted(s["node"] for s in dns["servers"]) == ["node1", "node2"]
     assert {p["name"] for p in doc["pods"]} >= {"client"}
     assert doc["changes"] == [] and doc["adopted"] is False and doc["agentPid"] == 1234
-    check_golden("up.json", report.to_json(doc) + "\n")
+    check_golden(GOLDEN / "up.json", report.to_json(doc) + "\n")
 
 
 def test_down_report_has_the_same_keys_and_nothing_left() -> None:
@@ -154,7 +145,7 @@ def test_summary_tables(state: ClusterState) -> None:
     assert "80:30080/TCP" in text and "53/UDP,53/TCP,9153/TCP" in text
     assert "kube-system/kube-dns 10.96.0.10, zone cluster.local, 2 pods (on " in text
     assert text.endswith("(total 203 ms)")
-    check_golden("summary.txt", text + "\n")
+    check_golden(GOLDEN / "summary.txt", text + "\n")
 
 
 def test_long_tables_are_cut_with_the_command_that_shows_them_all(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ looking at the difference (and at `labctl graph topologies/quickstart -w q.svg`)
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from labctl.model.objects import (
     EndpointSlice,
     ObjectMeta,
 )
+from tests.unit.goldens import check_golden
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGIES = ROOT / "topologies"
@@ -114,12 +114,7 @@ SERVICES = """\
 @pytest.mark.parametrize("fmt,ext", [("dot", "dot"), ("mermaid", "mmd")])
 def test_quickstart_matches_the_golden(quickstart: ClusterState, fmt: str, ext: str) -> None:
     text = graph.render(quickstart, fmt)
-    golden = GOLDEN / f"quickstart.{ext}"
-    if os.environ.get("UPDATE_GOLDEN"):
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text)
-    assert golden.exists(), f"no golden file {golden}; run with UPDATE_GOLDEN=1"
-    assert text == golden.read_text()
+    check_golden(GOLDEN / f"quickstart.{ext}", text)
 
 
 def test_the_same_state_always_gives_the_same_text(quickstart: ClusterState) -> None:
