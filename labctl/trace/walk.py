@@ -129,8 +129,13 @@ def build(places: Sequence[Place], flow: Flow, pods_by_ip: dict[str, str],
     ("default/web on node2"); `route`: the kernel's route lookup in a namespace."""
     parsed = {pl.netns: visits(pl.lines) for pl in places}
     names = FIRST_PACKET[flow.protocol]
+    # A retransmitted SYN is another packet: keep the first one's IP id (forwarding and
+    # NAT keep it), as the first namespace that saw a request — the pod — recorded it.
+    first_id = next((v.packet.ip_id for pl in places for v in parsed[pl.netns]
+                     if v.packet and is_request(v.packet, flow)), -1)
     request = _direction("request", names[0], places, parsed,
-                         lambda p: is_request(p, flow), pods_by_ip, route, outgoing=True)
+                         lambda p: is_request(p, flow) and p.ip_id == first_id, pods_by_ip,
+                         route, outgoing=True)
     reply = _direction("reply", names[1], places, parsed,
                        lambda p: is_reply(p, flow), pods_by_ip, route, outgoing=False)
     for step in reply.steps:
