@@ -213,8 +213,9 @@ def down(lab: str | None, quiet: bool, fmt: str | None) -> None:
         click.echo(report.to_json(report.lab_report("down", lab, None, ms,
                                                     namespacesRemoved=done.namespaces)))
     elif not quiet:
-        click.echo(f"lab {lab!r} is down ({done.namespaces} namespaces removed)\n"
-                   f"timings: {timings_text(ms)}")
+        click.echo(f"lab {lab!r} is down ({done.namespaces} namespaces removed)")
+        if done.timings:  # nothing was there: nothing to time
+            click.echo(f"timings: {timings_text(ms)}")
 
 
 @cli.command(context_settings=CONTEXT)
