@@ -253,7 +253,7 @@ def check_tools() -> None:
 class Outcome:
     """What the probe's socket saw."""
 
-    result: str  # connected | answered | refused | unreachable | no-answer
+    result: str  # connected | answered | refused | reset | unreachable | no-answer | error
     detail: str  # in words
     seconds: float
     reply: str = ""  # a UDP or ICMP reply's first bytes, as text
@@ -310,9 +310,13 @@ class Probe:
                 what = ("an ICMP port unreachable or a TCP reset" if self.protocol == "tcp"
                         else "an ICMP port unreachable")
                 return Outcome("refused", f"connection refused ({what})", _since(start))
+            if exc.errno == errno.ECONNRESET:
+                return Outcome("reset", "connection reset (accepted, then reset: a proxy "
+                               "with no endpoint does that)", _since(start))
             if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
                 return Outcome("unreachable", exc.strerror or "unreachable", _since(start))
-            raise
+            return Outcome("error", f"{exc.strerror or exc} (errno {exc.errno})",
+                           _since(start))
 
     def _ping(self, ip: str, timeout: float, start: float) -> Outcome:
         header = struct.pack("!BBHHH", 8, 0, 0, self.port, 1)

@@ -11,6 +11,7 @@ OUTCOMES = {
     "connected": "connected",
     "answered": "answered",
     "refused": "refused",
+    "reset": "reset",
     "unreachable": "unreachable",
     "no-answer": "no answer",
 }

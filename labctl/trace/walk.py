@@ -187,12 +187,17 @@ def _split_runs(chosen: list[Visit]) -> list[list[Visit]]:
 
 
 def _by_hook(run: list[Visit], rules: RuleBook) -> list[list[Visit]]:
+    """Consecutive visits of one hook (its base chains in priority order). A base chain
+    met again at the same hook and TTL is a copy of the packet (a retransmission): left out."""
     groups: list[list[Visit]] = []
     last = None
     for v in run:
         hook = rules.hook(v.family, v.table, v.chain)[0]
         if not groups or hook != last:
             groups.append([])
+        elif any((g.family, g.table, g.chain) == (v.family, v.table, v.chain)
+                 for g in groups[-1]):
+            continue
         groups[-1].append(v)
         last = hook
     return groups
@@ -272,7 +277,8 @@ def _ending(steps: list[Step], pods_by_ip: dict[str, str]) -> tuple[str, str]:
             return "arrived", f"arrived at {last.where}"
         return "left", f"left {last.where} by {last.oif or 'eth0'}; no node saw it"
     if last.hook == "input":
-        redirect = next((r for c in last.chains for r in c.rules
+        here = [s for s in steps if s.netns == last.netns]
+        redirect = next((r for s in here for c in s.chains for r in c.rules
                          if r.action.startswith("REDIRECT")), None)
         if redirect:
             return "redirected", (f"redirected to {last.where}'s own kube-proxy process "
