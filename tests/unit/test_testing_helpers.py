@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -88,3 +89,9 @@ def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
 def test_the_plugin_is_loaded_into_this_session(pytestconfig: pytest.Config) -> None:
     assert pytestconfig.pluginmanager.has_plugin("labctl")
     assert pytestconfig.getoption("labctl_keep") is False
+
+
+def test_the_readme_shows_the_example_test_as_it_is() -> None:
+    root = Path(__file__).resolve().parents[2]
+    example = (root / "examples" / "test_my_lab.py").read_text().rstrip("\n")
+    assert f"```python\n{example}\n```" in (root / "README.md").read_text()
