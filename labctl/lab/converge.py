@@ -56,5 +56,7 @@ def converge(old: ClusterState | None, new: ClusterState,
     t = time.perf_counter()
     done = sync.sync_nodes(new, dict(syncs) if syncs else None)
     timings["rules"] = time.perf_counter() - t
+    t = time.perf_counter()
     store.save_state(store.state_dir(new.lab.name), new)
+    timings["state"] = time.perf_counter() - t
     return Converged(done, sorted(added), sorted(removed), timings)

@@ -202,7 +202,7 @@ def save_live(sdir: str, live: Live) -> None:
     path = os.path.join(sdir, LIVE)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
-        json.dump(asdict(live), f, indent=1, sort_keys=True)
+        f.write(json.dumps(asdict(live), separators=(",", ":")))  # C encoder: fast
     os.replace(tmp, path)
 
 

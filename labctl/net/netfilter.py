@@ -8,8 +8,10 @@ and no `ip netns exec` process is needed. The host's own firewall is never touch
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,8 +38,10 @@ def iptables_binary(backend: str, tool: str = "iptables") -> str:
         "iptables", f"iptables-{backend}", 1)
 
 
+@functools.cache
 def system_iptables_backend() -> str:
-    """The backend `iptables` points to on this system (Debian's alternatives)."""
+    """The backend `iptables` points to on this system (Debian's alternatives); asked
+    once per process (every sync would otherwise start `iptables --version`)."""
     path = shutil.which("iptables")
     if path is None:
         return "nft"
@@ -60,43 +64,56 @@ def run_in(ns: str, argv: Sequence[str], stdin: str | None = None,
 RESTORE_FLAGS = ("--noflush", "--counters", "-w")  # kube-proxy's, plus waiting for the lock
 
 
-def load_many(loads: Sequence[tuple[str, Sequence[str], str]]) -> list[Loaded]:
-    """Run several loads at once, each (namespace, argv, input) in its own namespace:
-    the nodes' tools run in parallel, as each node's kube-proxy would (each is fed and
-    waited for by its own thread, so no node waits for another's input)."""
-    import threading
+class Loads:
+    """Tools loading rules in several namespaces at once, each (namespace, argv, input):
+    `start` launches one at once — so a caller can render the next node's rules while
+    this one's tool runs — and `wait` collects them all. Each is fed and waited for by
+    its own thread, so no node waits for another's input, as each node's kube-proxy."""
 
-    started = []
-    for ns, argv, payload in loads:
+    def __init__(self) -> None:
+        self._started: list[tuple[str, Sequence[str], subprocess.Popen[str],
+                                  threading.Thread]] = []
+        self._results: list[tuple[str, float]] = []
+
+    def start(self, ns: str, argv: Sequence[str], payload: str) -> None:
         with netns.entered(ns):
             proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        started.append((ns, argv, payload, proc, time.perf_counter()))
-    results: list[tuple[str, float]] = [("", 0.0)] * len(started)
+        index = len(self._results)
+        self._results.append(("", 0.0))
+        t = time.perf_counter()
 
-    def feed(i: int) -> None:
-        _ns, _argv, payload, proc, t = started[i]
-        _stdout, stderr = proc.communicate(payload)
-        results[i] = (stderr, time.perf_counter() - t)
+        def feed() -> None:
+            _stdout, stderr = proc.communicate(payload)
+            self._results[index] = (stderr, time.perf_counter() - t)
 
-    threads = [threading.Thread(target=feed, args=(i,), name="load") for i in
-               range(1, len(started))]
-    for th in threads:
-        th.start()
-    if started:
-        feed(0)
-    for th in threads:
-        th.join()
-    out = []
-    failure = None
-    for (ns, argv, _payload, proc, _t), (stderr, secs) in zip(started, results, strict=True):
-        out.append(Loaded(argv[0], secs))
-        if proc.returncode != 0 and failure is None:
-            failure = NetfilterError(f"{argv[0]} in {ns} failed (exit {proc.returncode}): "
-                                     f"{stderr.strip()[:2000]}")
-    if failure:
-        raise failure
-    return out
+        thread = threading.Thread(target=feed, name="load")
+        thread.start()
+        self._started.append((ns, argv, proc, thread))
+
+    def wait(self) -> list[Loaded]:
+        """Every tool's result, in the order started; the first failure raised (after
+        all have finished)."""
+        out = []
+        failure = None
+        for index, (ns, argv, proc, thread) in enumerate(self._started):
+            thread.join()
+            stderr, secs = self._results[index]
+            out.append(Loaded(argv[0], secs))
+            if proc.returncode != 0 and failure is None:
+                failure = NetfilterError(f"{argv[0]} in {ns} failed (exit {proc.returncode}): "
+                                         f"{stderr.strip()[:2000]}")
+        if failure:
+            raise failure
+        return out
+
+
+def load_many(loads: Sequence[tuple[str, Sequence[str], str]]) -> list[Loaded]:
+    """Run several loads at once (see Loads) and wait for them all."""
+    running = Loads()
+    for ns, argv, payload in loads:
+        running.start(ns, argv, payload)
+    return running.wait()
 
 
 def restore_iptables(ns: str, payload: str, backend: str) -> Loaded:

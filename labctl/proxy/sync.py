@@ -13,6 +13,7 @@ applies; the text recorded for it is the update's text view.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -271,21 +272,27 @@ def sync_nodes(state: ClusterState, previous: dict[str, Previous] | None = None,
         return _sync_ipvs(state, previous, only)
     if mode == "userspace":
         return _sync_userspace(state, previous, only)
-    rendered = []
-    for node in state.nodes:
-        if only is not None and node.name not in only:
-            continue
-        t = time.perf_counter()
-        prev = previous.get(node.name)
-        inp, rs, payload = render_sync(state, node.name, mode, prev)
-        rendered.append((node, prev, inp, rs, payload, time.perf_counter() - t))
     if mode == "iptables":
         argv = [netfilter.iptables_binary(iptables_backend(state), "iptables-restore"),
                 *netfilter.RESTORE_FLAGS]
     else:
         argv = ["nft", "-f", "-"]
-    loaded = netfilter.load_many([(node.netns, argv, payload)
-                                  for node, _p, _i, _r, payload, _t in rendered])
+    rendered = []
+    loads = netfilter.Loads()  # each node's tool starts as soon as its rules are rendered
+    try:
+        for node in state.nodes:
+            if only is not None and node.name not in only:
+                continue
+            t = time.perf_counter()
+            prev = previous.get(node.name)
+            inp, rs, payload = render_sync(state, node.name, mode, prev)
+            rendered.append((node, prev, inp, rs, payload, time.perf_counter() - t))
+            loads.start(node.netns, argv, payload)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            loads.wait()  # the tools already started finish before the error goes up
+        raise
+    loaded = loads.wait()
     out = {}
     for (node, prev, inp, rs, payload, secs), done in zip(rendered, loaded, strict=True):
         full = prev is None or prev is RELOAD or (
