@@ -66,7 +66,8 @@ def _step(s: Step) -> list[str]:
     pad = " " * 7
     for chain in s.chains:
         for r in chain.rules:
-            out.append(f"{pad}{r.table} {r.chain}: rule '{r.rule}' → {r.action}")
+            via = f" (map element {r.element})" if r.element else ""
+            out.append(f"{pad}{r.table} {r.chain}: rule '{r.rule}' → {r.action}{via}")
         if not chain.rules:
             out.append(f"{pad}{chain.table} {chain.chain}: no rule matched; {chain.end or '?'}")
         elif chain.end.startswith("policy"):

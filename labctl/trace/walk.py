@@ -50,6 +50,7 @@ class RuleHit:
     verdict: str
     target: str
     action: str  # in words: "jump KUBE-SVC-…", "DNAT to 10.244.1.2:8080", "REJECT …"
+    element: str = ""  # the verdict map element that matched (nftables mode), as listed
 
 
 @dataclass
@@ -211,9 +212,12 @@ def _step(n: int, pl: Place, group: list[Visit]) -> Step:
         if v.table.startswith(TRACE_PREFIX):
             continue  # labctl's own trace table: it only marks the packet
         hook, prio = pl.rules.hook(v.family, v.table, v.chain)
+        p = v.packet or first
+        key = (p.daddr, p.protocol, p.dport) if p.dport else (p.daddr, p.protocol)
         hits = [RuleHit(f"{e.family} {e.table}", e.chain,
                         pl.rules.quote(e.family, e.table, e.chain, e.handle, e.rule),
-                        e.handle, e.verdict, e.target, action(e.rule, e.verdict, e.target))
+                        e.handle, e.verdict, e.target, action(e.rule, e.verdict, e.target),
+                        pl.rules.element(e.family, e.table, e.rule, e.target, key))
                 for e in v.rules]
         end = v.end
         ending = "" if end is None else (f"policy {end.verdict}" if end.kind == "policy"

@@ -120,7 +120,8 @@ def test_a_service_without_endpoints_shows_the_reject(mode_lab: dict[str, Any]) 
         assert "-j REJECT --reject-with icmp-port-unreachable" in last["rule"]
     else:
         hits = rules_hit(req)
-        assert any("@no-endpoint-services" in r["rule"] for r in hits), hits
+        lookup = next(r for r in hits if "@no-endpoint-services" in r["rule"])
+        assert lookup["element"].endswith(': goto reject-chain comment "default/empty:http"')
     assert req["summary"].startswith("rejected by ")
 
 

@@ -159,11 +159,22 @@ def test_a_service_without_endpoints_is_rejected_by_the_kube_services_rule() -> 
 
 
 def test_nftables_mode_walk_shows_the_service_map_and_endpoint_chain() -> None:
-    places = [walk.Place("node1", "node", "n1", lines("nftables-dnat-node1.txt")),
+    nft_book = RuleBook.of(json.loads((GOLDEN / "nftables-node1-ruleset.json").read_text()))
+    places = [walk.Place("node1", "node", "n1", lines("nftables-dnat-node1.txt"), nft_book),
               walk.Place("node2", "node", "n2", lines("nftables-dnat-node2.txt"))]
     w = walk.build(places, walk.Flow("tcp", 45681), PODS)
     hits = [(r.chain, r.action) for s in w.request.steps for c in s.chains for r in c.rules]
     assert ("services", "goto service-SUSTUHLJ-default/web/tcp/http") in hits
+    lookup = next(r for s in w.request.steps for c in s.chains for r in c.rules
+                  if r.chain == "services")
+    assert lookup.element == ("10.100.195.26 . tcp . 80 : goto "
+                              "service-SUSTUHLJ-default/web/tcp/http")
+    assert w.request.steps[0].hook == "prerouting"
+    # a Service without endpoints: the map element's comment names it
+    assert nft_book.element("ip", "kube-proxy", "ip daddr . meta l4proto . th dport vmap "
+                            "@no-endpoint-services", "reject-chain",
+                            ("10.110.52.197", "tcp", 80)) == \
+        '10.110.52.197 . tcp . 80 : goto reject-chain comment "default/empty:http"'
     assert ("endpoint-SVLGPL42-default/web/tcp/http__10.244.1.2/8080",
             "DNAT to 10.244.1.2:8080") in hits
     assert [s.where for s in w.request.steps][0] == "node1"
