@@ -270,3 +270,15 @@ def test_a_port_the_service_does_not_expose_is_still_probed(state) -> None:  # t
     d = target.resolve(state, "web:8443", None)
     assert (d.port, d.protocol) == (8443, "tcp")
     assert replace(d, port=1).port == 1
+
+
+def test_iptables_legacy_labs_are_refused_with_the_reason() -> None:
+    from labctl.errors import CapabilityError
+    from labctl.lab.trace import check_traceable
+
+    legacy = compile_state(topology(lab("node1", iptables_backend="legacy")))
+    with pytest.raises(CapabilityError, match="cannot see iptables-legacy rules"):
+        check_traceable(legacy)
+    check_traceable(compile_state(topology(lab("node1", iptables_backend="nft"))))
+    check_traceable(compile_state(topology(lab("node1", proxy_mode="nftables",
+                                               iptables_backend="legacy"))))
