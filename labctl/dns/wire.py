@@ -353,8 +353,9 @@ def _name_text(labels: tuple[bytes, ...]) -> str:
 def parse_records(data: bytes) -> Message:
     """The header, question and answer section of a reply (names decompressed).
 
-    Records whose data holds names are rebuilt; types whose data holds none are kept
-    as raw bytes; anything else is dropped. Raises FormatError.
+    Records whose data holds names are rebuilt (SRV and SOA as the tuples RR
+    describes); types whose data holds none are kept as raw bytes; MX is dropped.
+    Raises FormatError.
     """
     if len(data) < 12:
         raise FormatError("shorter than a header")
@@ -382,8 +383,15 @@ def parse_records(data: bytes) -> Message:
             value = str(ipaddress.IPv4Address(raw))
         elif rtype == AAAA and rdlen == 16:
             value = str(ipaddress.IPv6Address(raw))
-        elif rtype in (MX, SRV, SOA):
-            continue  # names inside; not needed for an address chase
+        elif rtype == SRV and rdlen > _SRVHEAD.size:
+            target = _name_text(read_name(data, rdata + _SRVHEAD.size)[0])
+            value = (*_SRVHEAD.unpack_from(data, rdata), target)
+        elif rtype == SOA:
+            mname, after = read_name(data, rdata)
+            rname, after = read_name(data, after)
+            value = (_name_text(mname), _name_text(rname), *_SOATAIL.unpack_from(data, after))
+        elif rtype == MX:
+            continue  # a name inside; not needed for an address chase
         else:
             value = raw
         records.append(RR(name, rtype, ttl, value, rclass))

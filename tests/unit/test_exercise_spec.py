@@ -236,3 +236,17 @@ def test_the_matrix_has_clients_as_rows_and_targets_as_columns() -> None:
     assert rows[0].split() == ["from", "\\", "to", "web", "db"]
     assert rows[1].split() == ["client", "ok/ok", "ok/refused", "!"]
     assert rows[2].split() == ["node:node1", "ok/ok", "-"]
+
+
+def test_dns_replies_keep_srv_and_soa_records() -> None:
+    """`labctl check`'s dns checks read SRV answers back (parse_records used to drop them)."""
+    from labctl.dns.records import IN, RR, SOA, SRV, Answer
+    from labctl.dns.wire import encode_reply, parse_records, question_bytes
+
+    srv = RR("_pg._tcp.db.default.svc.cluster.local.", SRV, 5,
+             (0, 33, 5432, "db-0.db.default.svc.cluster.local."))
+    soa = RR("cluster.local.", SOA, 5, ("ns.dns.cluster.local.", "hostmaster.cluster.local.",
+                                        7, 7200, 1800, 86400, 5))
+    question = question_bytes("_pg._tcp.db.default.svc.cluster.local.", SRV, IN)
+    wire = encode_reply(1, 0x0100, question, None, Answer(0, (srv, soa)), None)
+    assert parse_records(wire).answer == (srv, soa)
