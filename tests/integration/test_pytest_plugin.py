@@ -9,11 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from labctl.lab import store
+from labctl.testing.lab import Endpoint, Lab, running
+from labctl.testing.packets import assert_dnat, assert_packet
 from labctl.testing.runner import labctl, leftovers
 
 pytest_plugins = ["pytester"]
@@ -31,17 +34,80 @@ kind: Pod
 metadata: {name: a, labels: {app: a}}
 spec:
   nodeName: node1
-  containers: [{name: c, ports: [{containerPort: 8080}]}]
+  containers:
+    - name: c
+      ports: [{name: http, containerPort: 8080}, {name: dns, containerPort: 9053, protocol: UDP}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b}
+spec:
+  nodeName: node2
+  containers: [{name: c}]
 ---
 apiVersion: v1
 kind: Service
 metadata: {name: a}
 spec:
   selector: {app: a}
-  ports: [{port: 80, targetPort: 8080}]
+  ports:
+    - {name: http, port: 80, targetPort: 8080}
+    - {name: dns, port: 53, targetPort: 9053, protocol: UDP}
 """
 
 BAD_LAB = LAB.replace("targetPort: 8080", "targetPort: 80800")
+assert BAD_LAB != LAB
+
+
+@pytest.fixture(scope="module")
+def small_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    path = tmp_path_factory.mktemp("pp-plug-handle") / "lab.yaml"
+    path.write_text(LAB)
+    with running([path], "pp-plug-handle") as lab:
+        yield lab
+
+
+def test_the_handle_finds_and_reaches_everything(small_lab: Lab) -> None:
+    lab = small_lab
+    a, b, svc = lab.pod("a"), lab.pod("b"), lab.service("a")
+    assert (a.node, b.node) == ("node1", "node2") and lab.netns("a") == a.netns
+    assert lab.address("node2") == lab.node("node2").ip
+    assert lab.address("external") == lab.external_ip
+    assert [p.name for p in lab.pods({"app": "a"})] == ["a"]
+    assert lab.endpoints("a") == [Endpoint(a.ip, "a", "node1", True, True, False,
+                                           {"http": 8080, "dns": 9053})]
+    shown = lab.exec("a", ["ip", "-4", "-o", "addr", "show", "eth0"])
+    assert shown.returncode == 0 and f" {a.ip}/" in shown.stdout
+    assert f"A_SERVICE_HOST={svc.cluster_ip}" in lab.exec("b", ["env"]).stdout
+    assert lab.http_get("b", "a").pod == "a"
+    assert lab.udp("b", "a", 53).pod == "a"
+    assert lab.dns("b", "a.default.svc.cluster.local").answers == [svc.cluster_ip]
+    assert lab.dns("b", "nope.default.svc.cluster.local").rcode == "NXDOMAIN"
+    assert "default/a:http" in lab.rules("node2", service="default/a")
+    [udp] = lab.conntrack("node2", proto="udp", src=b.ip, dst=svc.cluster_ip, dport=53)
+    assert udp.dnat and (udp.reply.src, udp.reply.sport) == (a.ip, 9053)
+
+
+def test_captures_on_a_node_bridge_and_crafted_packets(small_lab: Lab) -> None:
+    from scapy.layers.inet import ICMP, IP
+
+    lab = small_lab
+    a, b, vip = lab.pod("a"), lab.pod("b"), lab.service("a").cluster_ip
+    with lab.capture("node2", iface="cni0") as bridge:
+        reply = lab.http_get("b", "a")
+    # br_netfilter runs the nat PREROUTING hook inside the bridge, so on b's node's cni0
+    # the SYN already goes to the pod, while the replies leave it from the VIP
+    sport = reply.local[1]
+    assert_dnat(bridge.packets, to=f"{a.ip}:8080", src=f"{b.ip}:{sport}", flags="S",
+                original=f"{vip}:80")
+    assert_packet(bridge.packets, src=f"{vip}:80", dst=f"{b.ip}:{sport}", flags="SA")
+    with lab.capture("a", match=lambda p: p.haslayer(ICMP)) as seen:
+        echo = lab.sr1("b", IP(dst=a.ip) / ICMP(id=4242))
+    assert echo is not None and echo[IP].src == a.ip and echo[ICMP].type == 0
+    assert_packet(seen.packets, src=b.ip, dst=a.ip)
+    with lab.capture("a", match=lambda p: p.haslayer(ICMP), count=1, timeout=3) as spoofed:
+        lab.send("b", IP(src="10.244.1.99", dst=a.ip) / ICMP(id=4243))
+    assert_packet(spoofed.stop(), src="10.244.1.99", dst=a.ip)  # a source set is kept
 
 
 def run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
