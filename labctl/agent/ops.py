@@ -8,6 +8,7 @@ cluster hold the agent's lock; the CLI holds the lab's file lock around its requ
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -303,6 +304,7 @@ async def switch_mode(agent: Agent, mode: str) -> dict[str, float]:
     resync stops them once the new rules are in."""
     from dataclasses import replace
 
+    from labctl.errors import LabctlError
     from labctl.lab.lifecycle import switch_rules
 
     if mode == "userspace" and agent.state.lab.proxy_mode != mode:
@@ -311,7 +313,11 @@ async def switch_mode(agent: Agent, mode: str) -> dict[str, float]:
         new_lab = replace(agent.state.lab, proxy_mode=mode)
         await kube_proxies.ensure(agent, replace(agent.state, lab=new_lab), wait=True,
                                   strict=True)
-    seconds = switch_rules(agent.state, mode)
+    try:  # in a worker thread: probes and the loop go on meanwhile
+        seconds = await asyncio.to_thread(switch_rules, agent.state, mode)
+    except LabctlError:
+        agent.syncs = None  # the old mode's rules were loaded again, whole
+        raise
     agent.base = replace(agent.base, lab=replace(agent.base.lab, proxy_mode=mode))
     agent.state = replace(agent.state, lab=replace(agent.state.lab, proxy_mode=mode))
     agent.syncs = None

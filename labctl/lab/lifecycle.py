@@ -259,13 +259,30 @@ def switch_rules(state: ClusterState, mode: str) -> dict[str, float]:
     from dataclasses import replace
 
     new_state = replace(state, lab=replace(state.lab, proxy_mode=mode))
+    old = state.lab.proxy_mode
     times: dict[str, float] = {}
-    for node in state.nodes:
-        t = time.perf_counter()
-        sync.cleanup_node(state, node.name, state.lab.proxy_mode)
-        times[node.name] = time.perf_counter() - t
-    for name, done in sync.sync_nodes(new_state).items():
-        times[name] += done.render_seconds + done.load_seconds
+    try:
+        for node in state.nodes:
+            t = time.perf_counter()
+            sync.cleanup_node(state, node.name, old)
+            times[node.name] = time.perf_counter() - t
+        for name, done in sync.sync_nodes(new_state).items():
+            times[name] += done.render_seconds + done.load_seconds
+    except LabctlError as e:
+        problems = []
+        for node in state.nodes:  # what the new mode loaded (if anything) goes ...
+            try:
+                sync.cleanup_node(new_state, node.name, mode)
+            except LabctlError as undo:
+                problems.append(str(undo))
+        try:  # ... and the old mode's rules come back whole, jump rules included
+            sync.sync_nodes(state)
+        except LabctlError as undo:
+            raise LabctlError(f"switching kube-proxy to {mode} failed: {e}; putting the "
+                              f"{old} rules back failed too: {undo}; `labctl down "
+                              f"{state.lab.name}` removes everything") from e
+        raise LabctlError(f"switching kube-proxy to {mode} failed: {e}; the lab is still "
+                          f"in {old} mode (its rules were loaded again)") from e
     store.save_state(store.state_dir(state.lab.name), new_state)
     return times
 

@@ -123,6 +123,12 @@ def restore_iptables(ns: str, payload: str, backend: str) -> Loaded:
     return Loaded(tool, time.perf_counter() - t)
 
 
+def chains(ns: str, backend: str, table: str) -> list[str]:
+    """The chains of one iptables table in a lab namespace, as iptables-save lists them."""
+    out = run_in(ns, [iptables_binary(backend, "iptables-save"), "-t", table]).stdout
+    return [line[1:].split()[0] for line in out.splitlines() if line.startswith(":")]
+
+
 def iptables_commands(ns: str, rules: Sequence[Sequence[str]], backend: str,
                       ensure: bool = True) -> None:
     """Apply single iptables rules (kube-proxy's EnsureRule: add only when missing)."""

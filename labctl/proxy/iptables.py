@@ -16,6 +16,7 @@ What is written, and why, is in iptables_render.py. Nothing here runs iptables.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from labctl.proxy.base import ProxyInput, ServiceKey
@@ -247,16 +248,20 @@ class IptablesRuleset:
         return [["-t", table, "-N", chain] for table, chain in seen]
 
     def cleanup_payload(self, *, kubelet_chains: bool = False,
-                        ) -> tuple[str, list[Argv]]:
+                        existing_nat: Iterable[str] | None = None) -> tuple[str, list[Argv]]:
         """What `kube-proxy --cleanup` does (CleanupLeftovers) to this ruleset's leftovers.
 
         Run the argv first (the jump deletions; "does not exist" is success, as upstream),
         then the restore text (flush and delete the chains). Like upstream, KUBE-FIREWALL
-        and its jumps stay (they are kubelet's) unless kubelet_chains is set."""
+        and its jumps stay (they are kubelet's) unless kubelet_chains is set.
+        `existing_nat`: the nat table's chains as the kernel has them (iptables-save);
+        upstream removes every per-service chain found there — also those of Services
+        this ruleset no longer has — and so does this when given them."""
         jumps = (*JUMPS, *(KUBELET_JUMPS if kubelet_chains else ()))
         argv = [j.argv("-D") for j in jumps]
         argv.append(["-t", "mangle", "-X", KUBE_PROXY_CANARY])
-        services = sorted({c.name for c in self.nat_chains if is_service_chain(c.name)})
+        names = existing_nat if existing_nat is not None else (c.name for c in self.nat_chains)
+        services = sorted({n for n in names if is_service_chain(n)})
         nat = [*NAT_TOP_CHAINS, KUBE_PROXY_CANARY, *services]
         filt = [*FILTER_TOP_CHAINS, KUBE_PROXY_CANARY,
                 *([KUBELET_FIREWALL] if kubelet_chains else [])]

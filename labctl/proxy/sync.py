@@ -346,7 +346,11 @@ def cleanup_node(state: ClusterState, node: str, mode: str) -> None:
     rs = render_node(state, node, mode)
     if mode in ("iptables", "userspace"):
         backend = iptables_backend(state)
-        payload, commands = rs.cleanup_payload()
+        if mode == "iptables":  # every per-service chain the kernel has, as upstream
+            payload, commands = rs.cleanup_payload(
+                existing_nat=netfilter.chains(ns, backend, "nat"))
+        else:
+            payload, commands = rs.cleanup_payload()
         netfilter.iptables_commands(ns, commands, backend, ensure=False)
         netfilter.restore_iptables(ns, payload, backend)
     else:
