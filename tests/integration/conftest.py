@@ -72,6 +72,17 @@ def nothing_left_behind() -> Iterator[None]:
         assert not left, f"labs left objects behind: {left}"
 
 
+def only_own_labs(*labs: str) -> Iterator[None]:
+    """The body of a module's `nothing_left_behind` override for a module that brings up
+    only the labs it names: after it, those leave nothing behind (the conftest's check
+    would take down every `it-` lab that appeared meanwhile — another session's too)."""
+    yield
+    left = leftovers(list(labs))
+    for lab in labs:
+        labctl("down", lab, check=False)
+    assert not left, f"labs left objects behind: {left}"
+
+
 def write_lab(tmp: Path, name: str, body: str) -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(textwrap.dedent(body))

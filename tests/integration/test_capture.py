@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from labctl.testing.runner import labctl, labctl_argv, leftovers
+from labctl.testing.runner import labctl, labctl_argv
 from tests.integration import manifests as m
-from tests.integration.conftest import write_lab
+from tests.integration.conftest import only_own_labs, write_lab
 
 LAB = "it-capture"
 READY_WAIT = 60.0  # seconds: the machine may be loaded
@@ -28,13 +28,8 @@ RUN_LIMIT = 120.0
 
 @pytest.fixture(scope="module", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
-    """This module's lab leaves nothing behind. (Overrides the conftest's check, which
-    takes down every `it-` lab that appeared during the module — including labs another
-    test session on this host started meanwhile.)"""
-    yield
-    left = leftovers([LAB])
-    labctl("down", LAB, check=False)
-    assert not left, f"{LAB} left objects behind: {left}"
+    """This module's lab leaves nothing behind (and other sessions' labs are left alone)."""
+    yield from only_own_labs(LAB)
 
 
 @pytest.fixture(scope="module")
