@@ -86,7 +86,7 @@ def trace(pod: str, dest: str, proto: str | None, namespace: str, timeout: float
                           "(run it with sudo)")
     result = tracing.run(lab, state, src, destination, timeout)
     if fmt == "json":
-        click.echo(json.dumps(result.to_json(), indent=2))
+        click.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
         return
     d, o = result.destination, result.outcome
     lines = report.header(d.protocol, result.source, d.ip, d.port, d.what, lab, result.mode)

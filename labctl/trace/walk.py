@@ -77,6 +77,7 @@ class Step:
     ttl: int
     chains: list[ChainPass]
     notes: list[str] = field(default_factory=list)
+    headers: Packet | None = None  # every header field this hook saw, parsed
 
 
 @dataclass
@@ -226,7 +227,7 @@ def _step(n: int, pl: Place, group: list[Visit]) -> Step:
     hook = pl.rules.hook(group[0].family, group[0].table, group[0].chain)[0]
     last = group[-1].packet or first
     return Step(n, pl.where, pl.kind, pl.netns, hook, first.iif, last.oif or first.oif,
-                first.endpoints(), first.ttl, chains)
+                first.endpoints(), first.ttl, chains, headers=first)
 
 
 _ACTIONS = [
