@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -191,16 +192,21 @@ class Lab:
                     if n.startswith("web-") and p["spec"]["nodeName"] != node)
 
 
+def variant_lab(tmp: Path, prefix: str, variant: str) -> tuple[str, Path]:
+    """The lab's name (`<prefix>-ipt`, `-iptleg`, `-nft`) and its manifest for one of MODES."""
+    mode, _, legacy = variant.partition("-")
+    name = f"{prefix}-{mode[:3]}{legacy[:3]}"
+    return name, write_lab(tmp, name, MANIFEST.format(
+        lab=name, mode=mode, backend="\n  iptablesBackend: legacy" if legacy else "",
+        external_ip=EXTERNAL_IP))
+
+
 @pytest.fixture(scope="module", params=MODES)
 def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Lab]:
-    variant = request.param
-    mode, _, legacy = variant.partition("-")
-    backend = "\n  iptablesBackend: legacy" if legacy else ""
-    name = f"it-{request.module.__name__.rsplit('_', 1)[-1][:4]}-{mode[:3]}{legacy[:3]}"
-    path = write_lab(tmp_path_factory.mktemp(name), name,
-                     MANIFEST.format(lab=name, mode=mode, backend=backend,
-                                     external_ip=EXTERNAL_IP))
+    prefix = f"it-{request.module.__name__.rsplit('_', 1)[-1][:4]}"
+    name, path = variant_lab(tmp_path_factory.mktemp(prefix), prefix, request.param)
+    mode = request.param.partition("-")[0]
     labctl("up", str(path), "-q")
     try:
         yield Lab(name, mode)

@@ -16,8 +16,7 @@ import pytest
 
 from labctl.testing.lab import Lab, running
 from labctl.testing.packets import assert_dnat, assert_packet, assert_snat, tcp_to
-from tests.integration.conftest import write_lab
-from tests.integration.service_lab import EXTERNAL_IP, MANIFEST, MODES
+from tests.integration.service_lab import MODES, variant_lab
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -25,11 +24,7 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Lab]:
     """The suite's Service lab once per proxy mode, brought up and always taken down by
     the plugin's `running` (a module-level `lab`, so it shadows the shared one)."""
-    mode, _, legacy = request.param.partition("-")
-    name = f"pp-pkt-{mode[:3]}{legacy[:3]}"
-    path = write_lab(tmp_path_factory.mktemp(name), name, MANIFEST.format(
-        lab=name, mode=mode, backend="\n  iptablesBackend: legacy" if legacy else "",
-        external_ip=EXTERNAL_IP))
+    name, path = variant_lab(tmp_path_factory.mktemp("pp-pkt"), "pp-pkt", request.param)
     with running([path], name) as up:
         yield up
 

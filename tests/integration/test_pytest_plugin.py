@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,18 +111,20 @@ def test_captures_on_a_node_bridge_and_crafted_packets(small_lab: Lab) -> None:
     assert_packet(spoofed.stop(), src="10.244.1.99", dst=a.ip)  # a source set is kept
 
 
+def inner_module(pytester: pytest.Pytester, name: str, tests: str, lab: str = LAB) -> None:
+    """An inner session's lab.yaml and test_inner.py, whose module is marked with the lab."""
+    pytester.makefile(".yaml", lab=lab)
+    pytester.makepyfile(test_inner="import pathlib, os, time\nimport pytest\n\n"
+                        f"pytestmark = pytest.mark.lab('lab.yaml', name={name!r})\n\n"
+                        + textwrap.dedent(tests))
+
+
 def run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=180)
 
 
 def test_a_failing_test_still_takes_its_lab_down(pytester: pytest.Pytester) -> None:
-    pytester.makefile(".yaml", lab=LAB)
-    pytester.makepyfile(test_inner="""
-        import os
-        import pytest
-
-        pytestmark = pytest.mark.lab("lab.yaml", name="pp-plug-fail")
-
+    inner_module(pytester, "pp-plug-fail", """
         def test_fails_on_purpose(lab):
             assert os.path.exists("/run/netns/" + lab.pod("a").netns)
             assert lab.http_get("a", "a").pod == "a"
@@ -135,15 +138,10 @@ def test_a_failing_test_still_takes_its_lab_down(pytester: pytest.Pytester) -> N
 
 def test_a_topology_that_does_not_load_is_a_clear_setup_error(
         pytester: pytest.Pytester) -> None:
-    pytester.makefile(".yaml", lab=BAD_LAB)
-    pytester.makepyfile(test_inner="""
-        import pytest
-
-        pytestmark = pytest.mark.lab("lab.yaml", name="pp-plug-bad")
-
+    inner_module(pytester, "pp-plug-bad", """
         def test_never_runs(lab):
             raise AssertionError("the body ran")
-    """)
+    """, lab=BAD_LAB)
     result = run_inner(pytester)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*lab 'pp-plug-bad' from *lab.yaml did not come up*",
@@ -156,16 +154,9 @@ def test_a_topology_that_does_not_load_is_a_clear_setup_error(
 def test_ctrl_c_takes_the_lab_down(pytester: pytest.Pytester, during: str) -> None:
     """Ctrl-C while `labctl up` is building the lab (as soon as its state dir exists),
     or while a test runs."""
-    pytester.makefile(".yaml", lab=LAB)
     flag = Path(store.state_dir("pp-plug-int")) if during == "setup" else (
         pytester.path / "lab-is-up")
-    pytester.makepyfile(test_inner=f"""
-        import pathlib
-        import time
-        import pytest
-
-        pytestmark = pytest.mark.lab("lab.yaml", name="pp-plug-int")
-
+    inner_module(pytester, "pp-plug-int", f"""
         def test_waits_for_ctrl_c(lab):
             pathlib.Path({str(flag)!r}).write_text(lab.pod("a").ip)
             time.sleep(60)
@@ -192,12 +183,7 @@ def test_ctrl_c_takes_the_lab_down(pytester: pytest.Pytester, during: str) -> No
 
 def test_keep_leaves_the_lab_up_and_a_second_run_refuses_to_touch_it(
         pytester: pytest.Pytester) -> None:
-    pytester.makefile(".yaml", lab=LAB)
-    pytester.makepyfile(test_inner="""
-        import pytest
-
-        pytestmark = pytest.mark.lab("lab.yaml", name="pp-plug-keep")
-
+    inner_module(pytester, "pp-plug-keep", """
         def test_up(lab):
             assert lab.http_get("a", lab.pod("a").ip, 8080).pod == "a"
     """)
