@@ -2,7 +2,7 @@
 
 The order: the probe's socket is opened in the pod (its source port is then known),
 trace tables and `nft monitor trace` go into the pod's and every node's namespace, the
-probe is sent, the monitors are read until quiet, then everything temporary is removed
+probe is sent, the monitors are read up to an end marker, then everything temporary is removed
 (labctl/net/nftrace) and the walk is built from the events, each node's ruleset (to
 quote rules as `iptables-save` shows them), its conntrack entries and route lookups.
 """

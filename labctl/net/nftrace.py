@@ -40,7 +40,8 @@ PRIORITY = -350  # after defragmentation (-400), before raw (-300), conntrack an
 NFNLGRP_NFTRACE = 9  # the netlink group `nft monitor trace` joins
 READY_WAIT = 10.0  # seconds a monitor may take to subscribe (a loaded machine)
 QUIET = 0.3  # seconds without a new event after which a monitor is done
-SETTLE_LIMIT = 3.0  # seconds after the probe at most
+SETTLE_LIMIT = 5.0  # seconds after the probe at most
+MARK_PORT = 9  # the end-of-trace marker: a datagram to 127.0.0.1:9 (discard) in each namespace
 
 
 def table_name(pid: int | None = None) -> str:
@@ -54,9 +55,11 @@ def table_payload(table: str, flow: Flow) -> str:
     else:
         matches = [f"{flow.protocol} sport {flow.port}", f"{flow.protocol} dport {flow.port}"]
     rules = "".join(f"\t\t{m} meta nftrace set 1\n" for m in matches)
+    marker = f"\t\tip daddr 127.0.0.1 udp dport {MARK_PORT} meta nftrace set 1\n"
     chains = "".join(
         f"\tchain {chain} {{\n\t\ttype filter hook {hook} priority {PRIORITY}; policy accept;\n"
-        f"{rules}\t}}\n" for chain, hook in (("pre", "prerouting"), ("out", "output")))
+        f"{rules}{extra}\t}}\n"
+        for chain, hook, extra in (("pre", "prerouting", ""), ("out", "output", marker)))
     return (f"table inet {table}\ndelete table inet {table}\n"
             f"table inet {table} {{\n{chains}}}\n")
 
@@ -144,6 +147,12 @@ class Monitor:
             self.lines.append(line)
             self.last = time.monotonic()
 
+    def marked(self) -> bool:
+        """Whether the end marker (settle) has been printed."""
+        mark = f" udp dport {MARK_PORT} "
+        return any("packet:" in line and mark in line and "ip daddr 127.0.0.1 " in line
+                   for line in reversed(self.lines))
+
     def subscribed(self) -> bool:
         """Whether nft has joined the trace group (its netlink socket, seen in
         /proc/PID/net/netlink, has the group's bit): events sent after that reach it."""
@@ -193,15 +202,29 @@ def wait_subscribed(monitors: Sequence[Monitor], limit: float = READY_WAIT) -> N
             time.sleep(0.02)
 
 
-def settle(monitors: Sequence[Monitor], quiet: float = QUIET,
-           limit: float = SETTLE_LIMIT) -> None:
-    """Wait until every monitor has been quiet for `quiet` seconds (at most `limit`)."""
+def settle(monitors: Sequence[Monitor], limit: float = SETTLE_LIMIT) -> None:
+    """Wait until every monitor has printed all it was sent before now: a marker datagram
+    (to 127.0.0.1:9 inside its namespace, traced by the table's last rule) comes after
+    the probe's events in the monitor's netlink queue, so once it is printed they are too.
+    A monitor that never prints it is given up on after `limit` seconds, when it has
+    also been quiet for QUIET."""
+    for mon in monitors:
+        send_marker(mon.ns)
     start = time.monotonic()
     while time.monotonic() - start < limit:
-        now = time.monotonic()
-        if all(now - max(m.last, start) >= quiet for m in monitors):
+        if all(mon.marked() for mon in monitors):
             return
+        time.sleep(0.02)
+    while any(time.monotonic() - m.last < QUIET for m in monitors) and \
+            time.monotonic() - start < 2 * limit:
         time.sleep(0.05)
+
+
+def send_marker(ns: str) -> None:
+    with netns.entered(ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.sendto(b"", ("127.0.0.1", MARK_PORT))
 
 
 @contextlib.contextmanager
