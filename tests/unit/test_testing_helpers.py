@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,12 @@ def test_the_readme_shows_the_example_test_as_it_is() -> None:
     root = Path(__file__).resolve().parents[2]
     example = (root / "examples" / "test_my_lab.py").read_text().rstrip("\n")
     assert f"```python\n{example}\n```" in (root / "README.md").read_text()
+
+
+def test_loading_the_plugin_imports_neither_scapy_nor_labctls_library() -> None:
+    """pytest loads the plugin into every session, this project's own included."""
+    code = ("import sys, labctl.testing.plugin; print(sorted(m for m in sys.modules "
+            "if m.startswith(('scapy', 'pyroute2', 'yaml', 'labctl.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "['labctl.testing', 'labctl.testing.plugin']"
