@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,10 @@ import pytest
 from labctl.testing.runner import labctl
 from tests.integration.conftest import write_lab
 
-# kube-proxy modes this host runs; iptables with each backend Debian ships.
+# kube-proxy's kernel-NAT modes this host runs; iptables with each backend Debian ships.
 MODES = ["iptables", "iptables-legacy", "nftables"]
+# The modes the Service behaviour tests run over here; tests/vm runs them over "ipvs".
+SERVICE_MODES = [*MODES, "userspace"]
 EXTERNAL_IP = "203.0.113.10"
 
 MANIFEST = """
@@ -159,9 +163,42 @@ spec:
 """
 
 
+@dataclass(frozen=True)
+class Behaviour:
+    """Where the modes' data paths differ (../shared/reference/kube-proxy.md): the tests
+    assert each mode's own behaviour, so a mode that behaved like another one would fail."""
+
+    pod_source_kept: bool = True  # a backend sees a client pod's own address
+    traffic_policies: bool = True  # external/internalTrafficPolicy Local honoured
+    source_ranges: bool = True  # loadBalancerSourceRanges enforced
+    no_endpoints: str = "refused"  # at connect; userspace: "reset" after accepting
+
+
+BEHAVIOUR = {
+    "iptables": Behaviour(), "nftables": Behaviour(), "ipvs": Behaviour(),
+    # a proxy process per node: backends see the node, and policies never existed for it
+    "userspace": Behaviour(pod_source_kept=False, traffic_policies=False,
+                           source_ranges=False, no_endpoints="reset"),
+}
+
+
+def routes_to(mode: str, rules: str, ip: str) -> list[str]:
+    """The lines of `labctl rules` output that send new connections to endpoint `ip`."""
+    if mode == "ipvs":  # real servers; a removed one drains at weight 0
+        return [ln for ln in rules.splitlines()
+                if (m := re.match(rf"\s*->\s+{re.escape(ip)}:\d+\s+\w+\s+(\d+)", ln))
+                and int(m.group(1)) > 0]
+    if mode == "userspace":  # the proxy's live endpoint lists
+        return [ln for ln in rules.splitlines()
+                if ln.startswith("#   0.0.0.0:") and f" {ip}:" in ln.replace("-> ", " ")]
+    return [ln for ln in rules.splitlines() if ip in ln and any(
+        w in ln for w in ("goto endpoint-", "-j KUBE-SEP", "DNAT", "dnat to"))]
+
+
 class Lab:
     def __init__(self, name: str, mode: str):
         self.name, self.mode = name, mode
+        self.behaves = BEHAVIOUR[mode]
         get = lambda *a: json.loads(labctl("get", *a, "-o", "json", "--lab", name).stdout)  # noqa: E731
         self.pods = {p["metadata"]["name"]: p for p in get("pods")["items"]}
         self.services = {s["metadata"]["name"]: s for s in get("services")["items"]}
@@ -187,6 +224,10 @@ class Lab:
     def web_pods(self) -> set[str]:
         return {n for n in self.pods if n.startswith("web-")}
 
+    def node_side(self) -> set[str]:
+        """The addresses a node's own traffic to a pod leaves with: node IPs, gateways."""
+        return set(self.nodes.values()) | {"10.244.0.1", "10.244.1.1", "10.244.2.1"}
+
     def pod_on_other_node(self, node: str) -> str:
         return next(n for n, p in self.pods.items()
                     if n.startswith("web-") and p["spec"]["nodeName"] != node)
@@ -201,16 +242,20 @@ def variant_lab(tmp: Path, prefix: str, variant: str) -> tuple[str, Path]:
         external_ip=EXTERNAL_IP))
 
 
-@pytest.fixture(scope="module", params=MODES)
-def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-        ) -> Iterator[Lab]:
+def running_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                variant: str) -> Iterator[Lab]:
     prefix = f"it-{request.module.__name__.rsplit('_', 1)[-1][:4]}"
-    name, path = variant_lab(tmp_path_factory.mktemp(prefix), prefix, request.param)
-    mode = request.param.partition("-")[0]
+    name, path = variant_lab(tmp_path_factory.mktemp(prefix), prefix, variant)
     labctl("up", str(path), "-q")
     try:
-        yield Lab(name, mode)
+        yield Lab(name, variant.partition("-")[0])
     finally:
         labctl("down", name)
+
+
+@pytest.fixture(scope="module", params=SERVICE_MODES)
+def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Lab]:
+    yield from running_lab(request, tmp_path_factory, request.param)
 
 

@@ -1,13 +1,14 @@
-"""kube-proxy's userspace mode (deprecated), with real traffic: a proxy process per node
-behind iptables portals — ClusterIP from pods and nodes, NodePort, LoadBalancer and
-externalIPs from outside, UDP and cluster DNS, exact round robin, ClientIP affinity,
-no endpoints → reset, and the one thing it did that iptables mode does not: a
-connection to a dead endpoint is retried on the next one. The same lab is switched to
-iptables mode and back, so both modes face the same dead pod in one run.
+"""kube-proxy's userspace mode (deprecated), what only it does, with real traffic: a
+proxy process per node behind iptables portals, each Service port sent to its proxy
+port, cluster DNS through the proxy, exact round robin, and the one thing it did that
+iptables mode does not: a connection to a dead endpoint is retried on the next one. The
+same lab is switched to iptables mode and back, so both modes face the same dead pod in
+one run. The behaviours every mode shares (ClusterIP, NodePort, LoadBalancer,
+externalIPs, UDP, affinity, no endpoints, …) are in test_services.py, which runs over
+userspace mode too.
 
 One lab for the module; tests that break something put it back. Every wait polls a
-condition under a timeout that is only a hang guard; request counts are bounded.
-"""
+condition under a timeout that is only a hang guard; request counts are bounded."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from labctl import names
 from labctl.proxy import base, userspace
 from labctl.proxy.userspace_daemon import request
 from labctl.testing.runner import labctl, netns_exec
-from labctl.testing.traffic import connect_error, http_get, socket_in, spread, udp_echo
+from labctl.testing.traffic import connect_error, http_get, socket_in, spread
 from tests.integration.conftest import write_lab
 
 LAB = "it-userspace"
@@ -277,28 +278,7 @@ def test_rules_send_each_service_port_to_its_proxy_port(lab: Lab) -> None:
     assert f"-j REDIRECT --to-ports {port}" in rendered
 
 
-def test_cluster_ip_from_pods_on_both_nodes_and_from_nodes(lab: Lab) -> None:
-    other = next(n for n in lab.of("web") if lab.pods[n]["spec"]["nodeName"] == "node2")
-    for ns in (lab.client, lab.ns(other), lab.node_ns("node1"), lab.node_ns("node2")):
-        reply = http_get(ns, lab.vip("web"), 80)
-        assert reply.pod in lab.of("web"), ns
-        # The backend's peer is the proxy on the client's node, never the client pod.
-        assert reply.client_ip in lab.node_side(), (ns, reply.client_ip)
-        assert reply.client_ip != lab.ip("client")
-
-
-def test_node_port_load_balancer_and_external_ip_from_outside(lab: Lab) -> None:
-    for ip in lab.nodes.values():
-        assert http_get(lab.external, ip, 30080).pod in lab.of("web")
-    lb_ip = lab.services["web-lb"]["status"]["loadBalancer"]["ingress"][0]["ip"]
-    assert http_get(lab.external, lb_ip, 80).pod in lab.of("web")
-    assert http_get(lab.external, EXTERNAL_IP, 8000).pod in lab.of("web")
-
-
-def test_udp_and_cluster_dns_through_the_proxy(lab: Lab) -> None:
-    reply = udp_echo(lab.client, lab.vip("dns"), 53)
-    assert reply.pod in lab.of("web") and reply.fields["echo"] == "ping"
-    assert udp_echo(lab.node_ns("node2"), lab.vip("dns"), 53).pod in lab.of("web")
+def test_cluster_dns_through_the_proxy(lab: Lab) -> None:
     # kube-dns itself is a Service: UDP and TCP queries go through the proxy too.
     out = netns_exec(lab.client, ["getent", "hosts", "web"]).stdout
     assert out.split()[0] == lab.vip("web")
@@ -309,21 +289,6 @@ def test_round_robin_serves_each_endpoint_in_turn(lab: Lab) -> None:
     counts = spread(lab.client, lab.vip("web"), 80, 3 * 7)
     assert set(counts) == lab.of("web")
     assert set(counts.values()) == {7}  # exact turns, not iptables mode's dice
-
-
-def test_client_ip_affinity(lab: Lab) -> None:
-    assert len(spread(lab.client, lab.vip("sticky"), 80, 20)) == 1
-    assert len(spread(lab.node_ns("node2"), lab.vip("sticky"), 80, 10)) == 1
-
-
-def test_no_endpoints_accepts_then_resets(lab: Lab) -> None:
-    code, _took = connect_error(lab.client, lab.vip("empty"), 80)
-    # The proxy, not a pod, completed the handshake (connect() succeeds, or reports the
-    # reset that followed at once) — unlike iptables mode's REJECT (ECONNREFUSED).
-    assert code in (0, errno.ECONNRESET)
-    with pytest.raises(ConnectionResetError):  # ... and resets it
-        http_get(lab.client, lab.vip("empty"), 80)
-    assert lab.proxy_port("node1", "default/empty")["reset"] >= 2
 
 
 # ------------------------------------------------------------------ the point of it
