@@ -209,12 +209,13 @@ class Lab:
 
 
 @contextlib.contextmanager
-def running(files: Sequence[str | os.PathLike[str]], name: str,
-            keep: bool = False) -> Iterator[Lab]:
-    """Bring the lab `files` describe up as `name`, yield it, take it down — whatever
-    happens in the body (unless `keep`). A failed bring-up leaves nothing behind and
-    raises LabSetupError with labctl's message. A lab of that name that exists already
-    is refused and left alone: it is not ours."""
+def running(files: Sequence[str | os.PathLike[str]], name: str, keep: bool = False,
+            proxy_mode: str | None = None) -> Iterator[Lab]:
+    """Bring the lab `files` describe up as `name` (switched to `proxy_mode` if given,
+    as `labctl proxy-mode` does), yield it, take it down — whatever happens in the
+    body (unless `keep`). A failed bring-up leaves nothing behind and raises
+    LabSetupError with labctl's message. A lab of that name that exists already is
+    refused and left alone: it is not ours."""
     if store.load(name) is not None or os.path.exists(store.state_dir(name)):
         raise LabSetupError(f"a lab named {name!r} is already up (not brought up by this "
                             f"test run); take it down with `labctl down {name}` or give "
@@ -222,11 +223,15 @@ def running(files: Sequence[str | os.PathLike[str]], name: str,
     paths = [os.fspath(f) for f in files]
     up_ok = False
     try:
-        proc = labctl("up", *paths, "--name", name, "-q", check=False)
-        if proc.returncode != 0:
-            raise LabSetupError(f"`labctl up {' '.join(paths)} --name {name}` failed "
-                                f"(exit {proc.returncode}):\n"
-                                f"{(proc.stderr or proc.stdout).rstrip()}")
+        steps = [["up", *paths, "--name", name, "-q"]]
+        if proxy_mode:
+            steps.append(["proxy-mode", proxy_mode, "--lab", name])
+        for argv in steps:
+            proc = labctl(*argv, check=False)
+            if proc.returncode != 0:
+                raise LabSetupError(f"`labctl {' '.join(argv)}` failed (exit "
+                                    f"{proc.returncode}):\n"
+                                    f"{(proc.stderr or proc.stdout).rstrip()}")
         up_ok = True
         yield Lab(name)
     finally:

@@ -1,24 +1,20 @@
 """pytest plugin: real labs as fixtures, for packet-level tests of Kubernetes networking.
 
-Registered under the `pytest11` entry point, so installing labctl makes it available:
+Registered under the `pytest11` entry point, so installing labctl makes it available
+(README: "Write your own packet tests"; examples/test_my_lab.py):
 
-    import pytest
-    from scapy.layers.inet import IP, TCP
+    pytestmark = pytest.mark.lab("topologies/quickstart")   # one lab for the module
 
-    pytestmark = pytest.mark.lab("topologies/quickstart")   # once per module
+    def test_web_answers(lab):
+        assert lab.http_get("client", "web").pod in {e.pod for e in lab.endpoints("web")}
 
-    def test_syn_is_dnated(lab):
-        web = lab.service("web")
-        with lab.capture(lab.endpoints("web")[0].pod, count=1) as cap:
-            lab.send("client", IP(dst=web.cluster_ip) / TCP(dport=80, flags="S"))
-        ...
-
-Fixtures: `lab` (module scope: the module's `lab` marker, else the `lab_file` fixture,
-which a test module or conftest may override or parametrise; named by the marker's
-`name=`, else the `lab_name` fixture) and `session_lab` (session scope: `--labctl-lab
-PATH` or the `session_lab_file` fixture). Both yield a `labctl.testing.lab.Lab` and take
-the lab down afterwards — after failures, a half-made lab, Ctrl-C — unless
-`--labctl-keep` asks to leave it up for debugging.
+Fixtures: `lab` (module scope) — the topology of the module's `lab` marker, else of the
+`lab_file` fixture (override or parametrise it); named by the marker's `name=`, else
+the `lab_name` fixture; the marker's `modes=[...]` runs the module once per kube-proxy
+mode, each in its own lab `<name>-<mode[:3]>`. `session_lab` (session scope) — from
+`--labctl-lab PATH` or the `session_lab_file` fixture. Both yield a
+`labctl.testing.lab.Lab` and take the lab down afterwards — after failures, a half-made
+lab, Ctrl-C — unless `--labctl-keep` asks to leave it up for debugging.
 
 Importing this module stays cheap (pytest loads it into every session): labctl's
 library and scapy are imported only when a fixture runs.
@@ -51,8 +47,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "lab(path, name=None): the topology (file or folder; relative to the test "
-        "file, else to the rootdir) the module's `lab` fixture brings up, and its lab name")
+        "markers", "lab(path, name=None, modes=None): the topology (file or folder; relative "
+        "to the test file, else to the rootdir) the module's `lab` fixture brings up, its lab "
+        "name, and the kube-proxy modes to run the module's tests in (one lab each)")
     config.stash[KEPT] = []
 
 
@@ -84,13 +81,24 @@ def default_name(stem: str, prefix: str = "pt") -> str:
     return f"{prefix}-{text}"[:40].rstrip("-")
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`pytest.mark.lab(PATH, modes=[...])`: the module's tests once per proxy mode."""
+    marker = metafunc.definition.get_closest_marker("lab")
+    modes = marker.kwargs.get("modes") if marker else None
+    if modes and "lab" in metafunc.fixturenames:
+        metafunc.parametrize("lab", list(modes), indirect=True, scope="module")
+
+
 def _bring_up(request: pytest.FixtureRequest, path: Path, name: str) -> Iterator[Lab]:
     from labctl.testing.lab import LabSetupError, running
 
     keep = bool(request.config.getoption("labctl_keep"))
+    mode = getattr(request, "param", None)  # from the marker's `modes`
+    if mode:
+        name = f"{name[:36]}-{mode[:3]}"
     failed = ""
     try:
-        with running([path], name, keep) as lab:
+        with running([path], name, keep, mode) as lab:
             yield lab
     except LabSetupError as exc:
         failed = str(exc)

@@ -201,6 +201,34 @@ def test_keep_leaves_the_lab_up_and_a_second_run_refuses_to_touch_it(
     assert leftovers(["pp-plug-keep"]) == {}
 
 
+def test_modes_run_the_module_once_per_proxy_mode(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", lab=LAB)
+    pytester.makepyfile(test_inner="""
+        import pytest
+
+        pytestmark = pytest.mark.lab("lab.yaml", name="pp-plug-mode",
+                                     modes=["iptables", "nftables"])
+
+        def test_serves(lab):
+            assert lab.http_get("b", "a").pod == "a"
+            mode = lab.state.lab.proxy_mode
+            shown = lab.rules("node2", service="default/a")
+            assert ("KUBE-SVC-" if mode == "iptables" else "numgen random mod 1") in shown
+            with open("seen", "a") as f:
+                f.write(f"{lab.name} {mode}\\n")
+
+        def test_second(lab):
+            pass
+    """)
+    result = run_inner(pytester, "-v")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*test_serves?iptables? PASSED*", "*test_second?iptables? *",
+                                 "*test_serves?nftables? PASSED*", "*test_second?nftables? *"])
+    seen = (pytester.path / "seen").read_text().splitlines()
+    assert seen == ["pp-plug-mode-ipt iptables", "pp-plug-mode-nft nftables"]
+    assert leftovers(["pp-plug-mode-ipt", "pp-plug-mode-nft"]) == {}
+
+
 def test_a_session_lab_is_brought_up_once_for_every_module(pytester: pytest.Pytester) -> None:
     pytester.makefile(".yaml", lab=LAB)
     pytester.makeconftest("""
