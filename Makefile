@@ -53,7 +53,7 @@ test-integration: $(STAMP)
 	$(PYTEST) -q tests/integration
 
 lint: $(STAMP)
-	$(PY) -m ruff check labctl tests bench
+	$(PY) -m ruff check labctl tests bench examples
 
 bench: bench-up bench-sync bench-dns bench-live bench-datapath
 
