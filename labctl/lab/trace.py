@@ -67,7 +67,7 @@ def run(lab: str, state: ClusterState, pod: PodState, dest: Destination,
         book, conntrack = RuleBook(), []
         if kind == "node":
             book = RuleBook.of(*nftrace.ruleset(ns))
-            conntrack = nftrace.conntrack_entries(ns, probe.flow)
+            conntrack = nftrace.conntrack_entries(ns, dest.protocol)
         read.append(walk.Place(where, kind, ns, lines.get(ns, []), book, conntrack))
     pods_by_ip = {p.ip: f"{p.key} on {p.node}" for p in state.pods}
     the_walk = walk.build(read, probe.flow, pods_by_ip, nftrace.route_get,

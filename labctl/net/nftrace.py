@@ -41,6 +41,9 @@ NFNLGRP_NFTRACE = 9  # the netlink group `nft monitor trace` joins
 READY_WAIT = 10.0  # seconds a monitor may take to subscribe (a loaded machine)
 QUIET = 0.3  # seconds without a new event after which a monitor is done
 SETTLE_LIMIT = 5.0  # seconds after the probe at most
+CT_PRIORITY = -199  # just after conntrack (-200), before mangle and NAT
+CT_LABEL = 121  # the conntrack label the probe's connection gets in each namespace
+# (`conntrack -L --label` wants names from connlabel.conf, so entries are found by tuple)
 MARK_PORT = 9  # the end-of-trace marker: a datagram to 127.0.0.1:9 (discard) in each namespace
 
 
@@ -49,17 +52,29 @@ def table_name(pid: int | None = None) -> str:
 
 
 def table_payload(table: str, flow: Flow) -> str:
-    """The `nft -f` input of the trace table (made fresh: an old one is replaced)."""
+    """The `nft -f` input of the trace table (made fresh: an old one is replaced).
+
+    Before conntrack (-350): the probe's packets by DSCP (kept through NAT), port or
+    echo id, and the end marker. After it (-199): the request labels its connection
+    (a conntrack label no kube-proxy rule reads), and packets of a labelled connection
+    are traced — the reply where a masquerade gave the flow a port labctl cannot know.
+    """
     if flow.protocol == "icmp":
         matches = [f"icmp type {{ echo-request, echo-reply }} icmp id {flow.port}"]
     else:
         matches = [f"{flow.protocol} sport {flow.port}", f"{flow.protocol} dport {flow.port}"]
+    matches.append(f"ip dscp {flow.dscp_text}")
     rules = "".join(f"\t\t{m} meta nftrace set 1\n" for m in matches)
     marker = f"\t\tip daddr 127.0.0.1 udp dport {MARK_PORT} meta nftrace set 1\n"
+    labels = (f"\t\tip dscp {flow.dscp_text} ct label set {CT_LABEL}\n"
+              f"\t\tct label {CT_LABEL} meta nftrace set 1\n")
     chains = "".join(
-        f"\tchain {chain} {{\n\t\ttype filter hook {hook} priority {PRIORITY}; policy accept;\n"
-        f"{rules}{extra}\t}}\n"
-        for chain, hook, extra in (("pre", "prerouting", ""), ("out", "output", marker)))
+        f"\tchain {chain} {{\n\t\ttype filter hook {hook} priority {prio}; policy accept;\n"
+        f"{body}\t}}\n"
+        for chain, hook, prio, body in (
+            ("pre", "prerouting", PRIORITY, rules), ("out", "output", PRIORITY, rules + marker),
+            ("ctpre", "prerouting", CT_PRIORITY, labels),
+            ("ctout", "output", CT_PRIORITY, labels)))
     return (f"table inet {table}\ndelete table inet {table}\n"
             f"table inet {table} {{\n{chains}}}\n")
 
@@ -299,6 +314,7 @@ class Probe:
         with netns.entered(ns):
             sock = socket.socket(socket.AF_INET, *kind)
         try:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, Flow(protocol, 0).dscp << 2)
             if protocol == "icmp":
                 return cls(sock, protocol, src_ip, random.randint(1024, 65535))
             sock.bind((src_ip, 0))
@@ -384,15 +400,12 @@ def _checksum(data: bytes) -> int:
 # ------------------------------------------------------------------ what else the kernel knows
 
 
-def conntrack_entries(ns: str, flow: Flow) -> list[str]:
-    """`conntrack -L` lines of the probe's flow in a namespace (empty without conntrack)."""
+def conntrack_entries(ns: str, protocol: str) -> list[str]:
+    """`conntrack -L` lines of one protocol in a namespace (empty without conntrack);
+    the walk picks the probe's own by the tuple its request had there."""
     if shutil.which("conntrack") is None:
         return []
-    if flow.protocol == "icmp":
-        argv = ["conntrack", "-L", "-p", "icmp", "--icmp-id", str(flow.port)]
-    else:
-        argv = ["conntrack", "-L", "-p", flow.protocol, "--sport", str(flow.port)]
-    proc = netfilter.run_in(ns, argv, check=False)
+    proc = netfilter.run_in(ns, ["conntrack", "-L", "-p", protocol], check=False)
     return [line for line in proc.stdout.splitlines() if "src=" in line]
 
 

@@ -33,6 +33,7 @@ _FIELDS = {
     "saddr": re.compile(r"\bip saddr (\S+)"),
     "daddr": re.compile(r"\bip daddr (\S+)"),
     "ttl": re.compile(r"\bip ttl (\d+)"),
+    "dscp": re.compile(r"\bip dscp (\S+)"),
     "ip_id": re.compile(r"\bip id (\d+)"),
     "protocol": re.compile(r"\bip protocol (\S+)"),
     "sport": re.compile(r"\b(?:tcp|udp|sctp) sport (\d+)"),
@@ -54,6 +55,7 @@ class Packet:
     saddr: str = ""
     daddr: str = ""
     ttl: int = 0
+    dscp: str = ""  # as nft prints it: cs0, ef, 0x2d
     ip_id: int = -1
     protocol: str = ""
     sport: int = 0

@@ -14,7 +14,8 @@ from typing import Any
 ChainKey = tuple[str, str, str]  # family, table, chain
 
 # The trace table's own chains (labctl/net/nftrace), by name.
-TRACE_HOOKS = {"pre": "prerouting", "out": "output"}
+TRACE_HOOKS = {"pre": "prerouting", "out": "output", "ctpre": "prerouting",
+               "ctout": "output"}
 TRACE_PREFIX = "labctl-trace-"
 IPTABLES_TABLES = ("filter", "nat", "mangle", "raw", "security")
 

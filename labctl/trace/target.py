@@ -39,7 +39,7 @@ def split_port(dest: str) -> tuple[str, str]:
         return dest, ""
     if not host or not port:
         raise user_error("DEST", f"{dest!r} is not DEST[:PORT]",
-                     "e.g. web, default/web:80, web:http, 10.96.0.10:53")
+                         "e.g. web, default/web:80, web:http, 10.96.0.10:53")
     return host, port
 
 
@@ -82,7 +82,7 @@ def _service_port(svc: ServiceState, port: str, proto: str | None) -> tuple[int,
     if chosen is None:
         names = ", ".join(f"{p.name or '(unnamed)'} ({p.port}/{p.protocol})" for p in ports)
         raise user_error("DEST", f"Service {svc.key} has no port named {port!r}",
-                     f"its ports: {names}")
+                         f"its ports: {names}")
     return chosen.port, chosen.protocol.lower(), chosen.name
 
 
@@ -97,11 +97,11 @@ def _pod_port(pod: PodState, port: str) -> tuple[int, str]:
             names = ", ".join(f"{cp.name or '(unnamed)'} ({cp.container_port})"
                               for cp in declared) or "none declared"
             raise user_error("DEST", f"pod {pod.key} has no port named {port!r}",
-                         f"its containerPorts: {names}")
+                             f"its containerPorts: {names}")
         return match.container_port, match.protocol.lower()
     if not declared:
         raise user_error("DEST", f"pod {pod.key} declares no containerPort",
-                     f"give one: {pod.name}:PORT")
+                         f"give one: {pod.name}:PORT")
     return declared[0].container_port, declared[0].protocol.lower()
 
 
@@ -115,7 +115,7 @@ def _by_address(state: ClusterState, ip: str) -> tuple[ServiceState | None, PodS
 def _check_protocol(protocol: str, dest: str) -> str:
     if protocol not in PROTOCOLS:
         raise user_error("DEST", f"{dest}: protocol {protocol.upper()} cannot be traced",
-                     "trace tcp, udp or icmp (--proto)")
+                         "trace tcp, udp or icmp (--proto)")
     return protocol
 
 
@@ -141,14 +141,21 @@ def resolve(state: ClusterState, dest: str, proto: str | None,
                                f"pod {pod.key}", pod=pod.key)
         if not port.isdigit():
             raise user_error("DEST", f"{host} is no Service's or pod's address, so it needs a "
-                         "port number", f"e.g. {host}:80 (or --proto icmp)")
+                             "port number", f"e.g. {host}:80 (or --proto icmp)")
+        node = next((n for n in state.nodes if n.ip == host), None)
+        for svc in state.services if node else ():
+            for p in svc.ports:
+                if p.node_port == int(port) and proto in (None, p.protocol.lower()):
+                    return Destination(host, p.node_port, p.protocol.lower(),
+                                       f"NodePort {p.node_port} of Service {svc.key} "
+                                       f"on {node.name}", service=svc.key)
         return Destination(host, int(port), proto or "tcp", host)
     svc = _find_service(state, host, namespace)
     if svc is not None:
         if svc.cluster_ip in ("", "None"):
             kind = "headless" if svc.cluster_ip == "None" else "an ExternalName Service"
             raise user_error("DEST", f"Service {svc.key} is {kind}: it has no ClusterIP and no "
-                         "rules to trace", "trace one of its pods instead (DNS names them)")
+                             "rules to trace", "trace one of its pods instead (DNS names them)")
         number, protocol, name = _service_port(svc, port, proto)
         return Destination(svc.cluster_ip, number, _check_protocol(proto or protocol, dest),
                            f"Service {svc.key}" + (f" (port {name})" if name else ""),

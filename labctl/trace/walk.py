@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from labctl.trace.events import Packet, Visit, visits
 from labctl.trace.rulebook import TRACE_PREFIX, RuleBook
 
+# The probe's DSCP (an unassigned codepoint): NAT and forwarding keep it, so the request
+# is recognised at every hop even after a masquerade changed its source port.
+DSCP = 0x2D
+
 RouteLookup = Callable[[str, str, str, str], dict[str, object]]  # ns, dst, src, iif
 
 
@@ -34,11 +38,17 @@ class Place:
 
 @dataclass(frozen=True)
 class Flow:
-    """What the trace follows: the probe's protocol and its source port (TCP, UDP) or
-    echo id (ICMP) — in the request as source, in the reply as destination."""
+    """What the trace follows: the probe's protocol, its source port (TCP, UDP) or echo
+    id (ICMP), and the DSCP its packets carry."""
 
     protocol: str  # tcp | udp | icmp
     port: int
+    dscp: int = DSCP
+
+    @property
+    def dscp_text(self) -> str:
+        """The DSCP as `nft monitor trace` prints it (an unnamed value: hex)."""
+        return f"0x{self.dscp:02x}"
 
 
 @dataclass
@@ -100,19 +110,31 @@ class Walk:
 # ------------------------------------------------------------------ choosing the packets
 
 
+def _ours(p: Packet, flow: Flow) -> bool:
+    """The probe's own request: it carries the probe's DSCP (kept through NAT and
+    forwarding), or — output captured without it — its source port / echo id."""
+    if p.dscp == flow.dscp_text:
+        return True
+    return (p.icmp_id if flow.protocol == "icmp" else p.sport) == flow.port
+
+
 def is_request(p: Packet, flow: Flow) -> bool:
-    if flow.protocol == "icmp":
-        return p.icmp_type == "echo-request" and p.icmp_id == flow.port
-    if p.sport != flow.port or p.protocol not in ("", flow.protocol):
+    if p.protocol not in ("", flow.protocol) or not _ours(p, flow):
         return False
+    if flow.protocol == "icmp":
+        return p.icmp_type == "echo-request"
     return flow.protocol != "tcp" or p.tcp_flags == "syn"
 
 
 def is_reply(p: Packet, flow: Flow) -> bool:
-    if flow.protocol == "icmp":
-        return p.icmp_type == "echo-reply" and p.icmp_id == flow.port
-    if p.dport != flow.port or p.protocol not in ("", flow.protocol):
+    """The first answer. Only the probe's flow is traced (its port, or the conntrack
+    label its request put on the connection, which a masquerade's new port keeps), so
+    any traced packet going back is the reply — but for the end marker (127.0.0.1)."""
+    if p.protocol not in ("", flow.protocol) or p.dscp == flow.dscp_text or \
+            "127.0.0.1" in (p.saddr, p.daddr):
         return False
+    if flow.protocol == "icmp":
+        return p.icmp_type == "echo-reply"
     # SYN-ACK is 0x12; a reset (no listener, a proxy with no endpoint) rst or 0x14
     return flow.protocol != "tcp" or p.tcp_flags in ("0x12", "rst", "0x14")
 
@@ -145,8 +167,13 @@ def build(places: Sequence[Place], flow: Flow, pods_by_ip: dict[str, str],
     if request.result == "rejected" and not reply.steps:
         reply.summary = ("none: the REJECT rule answers in its place (an ICMP error, or a "
                          "TCP reset), which the pod's socket reports as connection refused")
-    conntrack = {pl.where: [describe_conntrack(c) for c in pl.conntrack]
-                 for pl in places if pl.conntrack}
+    conntrack = {}
+    for pl in places:
+        seen = next((s.headers for s in request.steps if s.netns == pl.netns and s.headers),
+                    None)
+        mine = [describe_conntrack(c) for c in pl.conntrack if seen and same_flow(c, seen)]
+        if mine:
+            conntrack[pl.where] = mine
     return Walk(request, reply, conntrack, mode_notes(mode, request))
 
 
@@ -241,13 +268,14 @@ _ACTIONS = [
 
 
 def action(rule: str, verdict: str, target: str) -> str:
-    """What a matched rule did, in words."""
+    """What a matched rule did, in words (a jump names its chain, whatever the chain's
+    name says — `jump mark-for-masquerade` only marks)."""
+    if verdict in ("jump", "goto"):
+        return f"{verdict} {target}"
     for pattern, text in _ACTIONS:
         m = pattern.search(rule)
         if m:
             return text.format((m.group(1) or "").strip() if m.groups() else "")
-    if verdict in ("jump", "goto"):
-        return f"{verdict} {target}"
     return verdict
 
 
@@ -301,6 +329,18 @@ def _ending(steps: list[Step], pods_by_ip: dict[str, str]) -> tuple[str, str]:
 
 _TUPLE = re.compile(r"src=(\S+) dst=(\S+)(?: sport=(\d+) dport=(\d+))?")
 _ICMP_ID = re.compile(r"\bid=(\d+)")
+
+
+def same_flow(line: str, p: Packet) -> bool:
+    """Whether a `conntrack -L` line is the connection whose request looked like `p`
+    when it entered that namespace (its original tuple)."""
+    m = _TUPLE.search(line)
+    if not m or (m.group(1), m.group(2)) != (p.saddr, p.daddr):
+        return False
+    if p.icmp_id >= 0:
+        ident = _ICMP_ID.search(line)
+        return ident is not None and int(ident.group(1)) == p.icmp_id
+    return m.group(3) is not None and (int(m.group(3)), int(m.group(4))) == (p.sport, p.dport)
 
 
 def describe_conntrack(line: str) -> str:

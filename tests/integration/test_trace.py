@@ -45,7 +45,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         m.service("web", "web", 80, 8080),
         "apiVersion: v1\nkind: Service\nmetadata: {name: echo}\nspec:\n  selector: {app: web}\n"
         "  ports: [{name: echo, port: 9000, targetPort: echo, protocol: UDP}]\n",
-        m.service("empty", "nothing", 80, 8080)))
+        m.service("empty", "nothing", 80, 8080),
+        m.service("webnp", "web", 8081, 8080, node_port=30080, type="NodePort")))
     labctl("down", LAB, check=False)
     try:
         labctl("up", str(path))
@@ -119,6 +120,26 @@ def test_a_service_without_endpoints_shows_the_reject(mode_lab: dict[str, Any]) 
         lookup = next(r for r in hits if "@no-endpoint-services" in r["rule"])
         assert lookup["element"].endswith(': goto reject-chain comment "default/empty:http"')
     assert req["summary"].startswith("rejected by ")
+
+
+def test_a_masqueraded_nodeport_probe_is_followed_to_the_other_node(
+        mode_lab: dict[str, Any]) -> None:
+    # client on node1 → node1's own NodePort → the endpoint on node2: node1 DNATs and
+    # masquerades (a new source port), and the trace still finds the packet on node2.
+    doc = trace_json("client", "172.18.0.2:30080")
+    assert doc["destination"]["what"] == "NodePort 30080 of Service default/webnp on node1"
+    assert doc["outcome"]["result"] == "connected", doc["outcome"]
+    req = doc["request"]
+    masq = [s for s in req["steps"] for c in s["chains"] for r in c["rules"]
+            if r["action"].startswith("MASQUERADE")]
+    assert [(s["where"], s["hook"]) for s in masq] == [("node1", "postrouting")]
+    on_node2 = [s for s in req["steps"] if s["where"] == "node2"]
+    assert on_node2 and on_node2[0]["headers"]["saddr"] == "172.18.0.2"
+    assert on_node2[0]["headers"]["dscp"] == "0x2d"
+    assert req["result"] == "arrived" and doc["reply"]["result"] == "arrived"
+    assert [s["where"] for s in doc["reply"]["steps"]][:1] == ["node2"]
+    assert "SNAT 10.244.0.2:" in doc["conntrack"]["node1"][0]
+    assert doc["conntrack"]["node2"][0].startswith("tcp 172.18.0.2:")
 
 
 def test_a_trace_across_nodes_shows_both_nodes_and_the_route(lab: dict[str, Any]) -> None:

@@ -282,3 +282,27 @@ def test_iptables_legacy_labs_are_refused_with_the_reason() -> None:
     check_traceable(compile_state(topology(lab("node1", iptables_backend="nft"))))
     check_traceable(compile_state(topology(lab("node1", proxy_mode="nftables",
                                                iptables_backend="legacy"))))
+
+
+def test_a_masqueraded_request_is_still_the_probe_by_its_dscp() -> None:
+    flow = walk.Flow("tcp", 36135)
+    after_snat = events.Packet.parse(
+        'iif "eth0" ip saddr 172.18.0.2 ip daddr 10.244.1.2 ip dscp 0x2d ip ecn not-ect '
+        "ip ttl 63 ip id 7 ip length 60 tcp sport 51876 tcp dport 8080 tcp flags == syn")
+    assert after_snat.dscp == "0x2d" and walk.is_request(after_snat, flow)
+    reply = replace(after_snat, saddr="10.244.1.2", daddr="172.18.0.2", sport=8080,
+                    dport=51876, tcp_flags="0x12", dscp="cs0")
+    assert walk.is_reply(reply, flow) and not walk.is_request(reply, flow)
+    marker = replace(reply, daddr="127.0.0.1", protocol="udp", tcp_flags="")
+    assert not walk.is_reply(marker, walk.Flow("udp", 40000))
+    # node2's conntrack entry is found by the tuple the request had there
+    line = ("tcp      6 117 TIME_WAIT src=172.18.0.2 dst=10.244.1.2 sport=51876 dport=8080 "
+            "src=10.244.1.2 dst=172.18.0.2 sport=8080 dport=51876 [ASSURED] mark=0 use=1")
+    assert walk.same_flow(line, after_snat)
+    assert not walk.same_flow(line, replace(after_snat, sport=1))
+    icmp = ("icmp     1 29 src=10.244.0.2 dst=10.100.195.26 type=8 code=0 id=4242 "
+            "src=10.100.195.26 dst=10.244.0.2 type=0 code=0 id=4242 mark=0 use=1")
+    ping = events.Packet.parse("ip saddr 10.244.0.2 ip daddr 10.100.195.26 ip protocol icmp "
+                               "icmp type echo-request icmp code 0 icmp id 4242")
+    assert walk.same_flow(icmp, ping) and not walk.same_flow(icmp, replace(ping, icmp_id=1))
+    assert walk.describe_conntrack(icmp) == "icmp 10.244.0.2 → 10.100.195.26: no NAT"
