@@ -40,7 +40,8 @@ def trace(pod: str, dest: str, proto: str | None, namespace: str, timeout: float
 
     \b
     How: each namespace the probe may cross (the pod and every node) gets a temporary
-    table `inet labctl-trace-<pid>` marking the probe's packets with `meta nftrace`,
+    table `inet labctl-trace-<pid>` marking the probe's packets with `meta nftrace` (by
+    port, by the probe's DSCP 0x2d and by a conntrack label, so NAT does not lose them),
     and `nft monitor trace` runs there; both are removed afterwards, even on Ctrl-C.
     The host's ruleset is never touched. Rules are quoted as the ruleset shows them
     (iptables-save for iptables mode, nft for nftables mode); conntrack shows the
@@ -63,6 +64,7 @@ def trace(pod: str, dest: str, proto: str | None, namespace: str, timeout: float
       labctl trace client web:http -o json    # a named port; structured events
       labctl trace client kube-system/kube-dns:53 --proto udp
       labctl trace client 10.96.0.10:53 --proto udp
+      labctl trace client 172.18.0.3:30080    # a NodePort (masqueraded to the endpoint)
       labctl trace client web-0 --proto icmp  # a pod, by name
       labctl trace -n shop frontend backend:8080
     """
