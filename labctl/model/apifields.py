@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from labctl.model import checks
-from labctl.model.objects import PROXY_MODES
+from labctl.model.objects import IPVS_SCHEDULERS, PROXY_MODES
 from labctl.model.schema import (
     BOOLEAN,
     IGNORED,
@@ -279,6 +279,9 @@ LAB = struct(
          "iptablesBackend": Scalar("string", (checks.one_of(
              "nft", "legacy", hint="iptablesBackend is nft (iptables-nft) or legacy "
              "(iptables-legacy); leave it out for the system's default"),)),
+         "ipvsScheduler": Scalar("string", (checks.one_of(
+             *IPVS_SCHEDULERS, hint="ipvsScheduler (proxyMode ipvs) is one of "
+             + ", ".join(IPVS_SCHEDULERS) + "; rr when left out, as kube-proxy"),)),
          "clusterDomain": Scalar("string", (checks.DNS_SUBDOMAIN,)),
      })})
 

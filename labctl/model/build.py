@@ -270,6 +270,7 @@ def lab(data: Data, name: str, source: Source) -> Lab:
         load_balancer_cidr=spec.get("loadBalancerCIDR", defaults.load_balancer_cidr),
         proxy_mode=spec.get("proxyMode", defaults.proxy_mode),
         iptables_backend=spec.get("iptablesBackend", defaults.iptables_backend),
+        ipvs_scheduler=spec.get("ipvsScheduler", defaults.ipvs_scheduler),
         cluster_domain=spec.get("clusterDomain", defaults.cluster_domain),
         source=source,
     )

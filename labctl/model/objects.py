@@ -25,6 +25,9 @@ def _no_pos() -> Mapping[str, Pos]:
     return NO_POS
 
 PROXY_MODES = ("iptables", "nftables", "ipvs", "userspace")
+# ipvsadm's schedulers (kernel modules ip_vs_<name>), kube-proxy's --ipvs-scheduler.
+IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo",
+                   "ovf", "mh", "twos")
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Lab:
     load_balancer_cidr: str = "192.168.200.0/24"
     proxy_mode: str = "iptables"
     iptables_backend: str = ""  # nft | legacy; "" = what `iptables` is on this system
+    ipvs_scheduler: str = "rr"  # IPVS mode: every virtual server's scheduler
     cluster_domain: str = "cluster.local"
     source: Source = field(default=Source(), compare=False)
 

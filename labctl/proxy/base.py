@@ -310,7 +310,7 @@ def config_for_node(state: ClusterState, node_name: str) -> ProxyConfig:
     node = state.node(node_name)
     return ProxyConfig(node_name=node.name, node_ips=(node.ip, node.pod_gateway),
                        cluster_cidr=state.lab.pod_cidr, service_cidr=state.lab.service_cidr,
-                       ipvs_scheduler=getattr(state.lab, "ipvs_scheduler", "") or "rr")
+                       ipvs_scheduler=state.lab.ipvs_scheduler or "rr")
 
 
 def input_for_node(state: ClusterState, node_name: str) -> ProxyInput:

@@ -24,6 +24,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from labctl.model.objects import IPVS_SCHEDULERS
 from labctl.proxy.base import (
     EndpointInfo,
     ProxyConfig,
@@ -37,9 +38,7 @@ from labctl.proxy.iptables_render import nodeport_cidrs
 FILTER, NAT = "filter", "nat"
 DUMMY_DEVICE = "kube-ipvs0"
 DEFAULT_SCHEDULER = "rr"
-# ipvsadm's schedulers (kernel modules ip_vs_<name>); kube-proxy passes --ipvs-scheduler on.
-SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo",
-              "ovf", "mh", "twos")
+SCHEDULERS = IPVS_SCHEDULERS  # kube-proxy passes --ipvs-scheduler on to IPVS
 
 # utilipvs service flags
 FLAG_PERSISTENT = 0x1

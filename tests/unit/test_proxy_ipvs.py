@@ -655,6 +655,17 @@ def test_lab_node_config_has_both_node_addresses() -> None:
     assert cfg.node_ips == ("172.18.0.2", "10.244.0.1") and cfg.ipvs_scheduler == "rr"
 
 
+def test_lab_ipvs_scheduler_reaches_every_virtual_server(tmp_path: Path) -> None:
+    text = (SHARED / "nodeport.yaml").read_text()
+    assert "\nspec:\n  nodes:" in text  # its Lab document comes first
+    (tmp_path / "lab.yaml").write_text(text.replace(
+        "\nspec:\n  nodes:", "\nspec:\n  ipvsScheduler: wrr\n  nodes:", 1))
+    state = compile_state(load_topology([str(tmp_path / "lab.yaml")])[0])
+    assert base.config_for_node(state, "node1").ipvs_scheduler == "wrr"
+    rs = ipvs.render(base.input_for_node(state, "node1"))
+    assert {e.vs.scheduler for e in rs.virtual_servers} == {"wrr"}
+
+
 def test_plan_load_commands() -> None:
     state = golden_state("nodeport")
     state = dataclasses.replace(state, lab=dataclasses.replace(state.lab, proxy_mode="ipvs"))
