@@ -133,9 +133,10 @@ def test_exercise_passes_solved_and_fails_broken(folder: Path, tmp_path: Path,
     assert rc == 1, f"{folder.name}'s broken.yaml breaks no check:\n{out}{err}"
     failed = [line.split("FAIL", 1)[1].strip() for line in out.splitlines()
               if line.startswith("  FAIL  ")]
-    assert failed, out
-    report = json.loads(labctl("check", str(copy), "--lab", lab, "-o", "json",
-                               check=False).stdout)
+    assert failed, out + err
+    proc = labctl("check", str(copy), "--lab", lab, "-o", "json", check=False)
+    assert proc.returncode == 1 and proc.stdout.startswith("{"), proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
     titles = [c["title"] for t in report["tasks"] for c in t["checks"] if not c["passed"]]
     assert report["passed"] is False and set(titles) & set(failed), (titles, failed)
 
