@@ -4,7 +4,7 @@ and node names read from the labs' state under /run/labctl (cheap: no agent aske
 Click completes commands and options by itself (`_LABCTL_COMPLETE=bash_source labctl`
 prints the same script). `attach_completions(cli)` adds the lab-aware completions to the commands'
 parameters: every `--lab`, `down LAB`, `exec`/`capture` targets, `logs`/`break`/`heal`
-pods, `rules` nodes, `graph` files or labs.
+pods, `rules` nodes, `graph` files or labs, `check` exercises.
 """
 
 from __future__ import annotations
@@ -110,6 +110,16 @@ def complete_graph_sources(ctx: click.Context, param: click.Parameter, incomplet
     return [CompletionItem(incomplete, type="file"), *complete_labs(ctx, param, incomplete)]
 
 
+def complete_exercises(ctx: click.Context, param: click.Parameter, incomplete: str
+                       ) -> list[CompletionItem]:
+    """Exercise folders under topologies/ that have checks (or a path: the shell's)."""
+    from labctl.exercise import catalog
+
+    found = [CompletionItem(e.name, help=e.title or "exercise")
+             for e in catalog.entries() if e.has_checks and e.name.startswith(incomplete)]
+    return found or [CompletionItem(incomplete, type="dir")]
+
+
 # (command path, parameter name) → completer; every `lab_name` option gets the labs.
 COMPLETERS: dict[tuple[str, str], Completer] = {
     ("down", "lab"): complete_labs,
@@ -122,6 +132,7 @@ COMPLETERS: dict[tuple[str, str], Completer] = {
     ("trace", "pod"): complete_pods,
     ("trace", "dest"): complete_pods,
     ("graph", "sources"): complete_graph_sources,
+    ("check", "exercise"): complete_exercises,
 }
 
 

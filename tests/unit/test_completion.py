@@ -109,3 +109,8 @@ def test_the_installed_command_completes_through_its_environment_variable(
                           text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["plain,other", "plain,quick"]
+
+
+def test_check_completes_exercise_names(state_root: Path) -> None:
+    assert complete("labctl check quick") == ["quickstart"]
+    assert complete("labctl check --lab qu") == ["quick"]
