@@ -56,7 +56,8 @@ def run(lab: str, state: ClusterState, pod: PodState, dest: Destination,
         [(node.name, "node", node.netns) for node in state.nodes]
     probe = nftrace.Probe.open(pod.netns, pod.ip, dest.protocol)
     try:
-        with nftrace.tracing([ns for _w, _k, ns in places], probe.flow) as monitors:
+        with nftrace.tracing([ns for _w, _k, ns in places], probe.flow,
+                             unlabelled=[pod.netns]) as monitors:
             outcome = probe.send(dest.ip, dest.port, timeout)
             nftrace.settle(monitors)
             lines = {m.ns: list(m.lines) for m in monitors}

@@ -28,7 +28,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from labctl.errors import CapabilityError, LabctlError
@@ -51,13 +51,14 @@ def table_name(pid: int | None = None) -> str:
     return f"{TABLE_PREFIX}{os.getpid() if pid is None else pid}"
 
 
-def table_payload(table: str, flow: Flow) -> str:
+def table_payload(table: str, flow: Flow, labels: bool = True) -> str:
     """The `nft -f` input of the trace table (made fresh: an old one is replaced).
 
     Before conntrack (-350): the probe's packets by DSCP (kept through NAT), port or
     echo id, and the end marker. After it (-199): the request labels its connection
     (a conntrack label no kube-proxy rule reads), and packets of a labelled connection
     are traced — the reply where a masquerade gave the flow a port labctl cannot know.
+    `labels=False` (a pod, where nothing NATs) leaves conntrack off in that namespace.
     """
     if flow.protocol == "icmp":
         matches = [f"icmp type {{ echo-request, echo-reply }} icmp id {flow.port}"]
@@ -66,15 +67,15 @@ def table_payload(table: str, flow: Flow) -> str:
     matches.append(f"ip dscp {flow.dscp_text}")
     rules = "".join(f"\t\t{m} meta nftrace set 1\n" for m in matches)
     marker = f"\t\tip daddr 127.0.0.1 udp dport {MARK_PORT} meta nftrace set 1\n"
-    labels = (f"\t\tip dscp {flow.dscp_text} ct label set {CT_LABEL}\n"
-              f"\t\tct label {CT_LABEL} meta nftrace set 1\n")
+    labelling = (f"\t\tip dscp {flow.dscp_text} ct label set {CT_LABEL}\n"
+                 f"\t\tct label {CT_LABEL} meta nftrace set 1\n")
+    parts = [("pre", "prerouting", PRIORITY, rules), ("out", "output", PRIORITY, rules + marker)]
+    if labels:
+        parts += [("ctpre", "prerouting", CT_PRIORITY, labelling),
+                  ("ctout", "output", CT_PRIORITY, labelling)]
     chains = "".join(
         f"\tchain {chain} {{\n\t\ttype filter hook {hook} priority {prio}; policy accept;\n"
-        f"{body}\t}}\n"
-        for chain, hook, prio, body in (
-            ("pre", "prerouting", PRIORITY, rules), ("out", "output", PRIORITY, rules + marker),
-            ("ctpre", "prerouting", CT_PRIORITY, labels),
-            ("ctout", "output", CT_PRIORITY, labels)))
+        f"{body}\t}}\n" for chain, hook, prio, body in parts)
     return (f"table inet {table}\ndelete table inet {table}\n"
             f"table inet {table} {{\n{chains}}}\n")
 
@@ -90,13 +91,14 @@ def stale_tables(listing: str) -> list[str]:
     return out
 
 
-def install(namespaces: Sequence[str], table: str, flow: Flow) -> list[str]:
-    """Add the trace table to each namespace (removing dead traces' tables first);
-    returns the namespaces that got it, for `remove`."""
+def install(namespaces: Sequence[str], table: str, flow: Flow,
+            unlabelled: Collection[str] = ()) -> list[str]:
+    """Add the trace table to each namespace (removing dead traces' tables first; the
+    `unlabelled` ones get no conntrack chains); returns the namespaces that got it."""
     done: list[str] = []
-    payload = table_payload(table, flow)
     try:
         for ns in namespaces:
+            payload = table_payload(table, flow, labels=ns not in unlabelled)
             _check_lab_namespace(ns)
             listing = netfilter.run_in(ns, ["nft", "list", "tables", "inet"], check=False)
             stale = "".join(f"delete table inet {t}\n" for t in stale_tables(listing.stdout))
@@ -243,14 +245,15 @@ def send_marker(ns: str) -> None:
 
 
 @contextlib.contextmanager
-def tracing(namespaces: Sequence[str], flow: Flow) -> Iterator[list[Monitor]]:
+def tracing(namespaces: Sequence[str], flow: Flow,
+            unlabelled: Collection[str] = ()) -> Iterator[list[Monitor]]:
     """Trace tables and monitors in `namespaces` for the body; always removed after."""
     check_tools()
     table = table_name()
     monitors: list[Monitor] = []
     installed: list[str] = []
     try:
-        installed = install(namespaces, table, flow)
+        installed = install(namespaces, table, flow, unlabelled)
         for ns in namespaces:
             monitors.append(Monitor.start(ns))
         wait_subscribed(monitors)
