@@ -9,6 +9,7 @@ import click
 
 from labctl.cli.common import CONTEXT, handle_errors, print_warnings
 from labctl.cli.output import table
+from labctl.errors import NotFoundError
 
 
 @click.command(context_settings=CONTEXT)
@@ -27,8 +28,9 @@ def check(exercise: str | None, lab_name: str | None, fmt: str, list_: bool) -> 
 
     EXERCISE is a folder (topologies/04-clusterip-iptables), a folder name under
     topologies/, or its beginning (04). Without it: the exercise whose checks.yaml
-    names a running lab. Exit code 0 when every check passes, 1 when one fails, 2 when
-    the check file is wrong (every error with file:line:column; nothing is run).
+    names a running lab. Exit code 0 when every check passes, 1 when one fails (or the
+    lab is not up), 2 when the check file is wrong (every error with file:line:column;
+    nothing is run) or EXERCISE names none.
     The format of checks.yaml: topologies/README.md.
 
     \b
@@ -49,7 +51,11 @@ def check(exercise: str | None, lab_name: str | None, fmt: str, list_: bool) -> 
     from labctl.exercise import report, run
     from labctl.lab import lifecycle, store
 
-    lab = lifecycle.pick_lab(lab_name or loaded.lab)
+    try:
+        lab = lifecycle.pick_lab(lab_name or loaded.lab)
+    except NotFoundError as exc:
+        raise NotFoundError(f"{exc}; bring the exercise's lab up first: labctl up "
+                            f"{os.path.join(loaded.folder, 'lab.yaml')}") from None
     result = run.run(loaded, store.state_of(lab), store.state_dir(lab))
     click.echo(report.json_text(result) if fmt == "json" else report.text(result))
     sys.exit(0 if result.passed else 1)

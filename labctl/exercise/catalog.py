@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl.errors import NotFoundError
+from labctl.errors import NotFoundError, UserError
 from labctl.exercise import spec
 
 ENV = "LABCTL_TOPOLOGIES"
@@ -72,10 +72,11 @@ def find(name: str, root: str | None = None) -> str:
         return matches[0].folder
     names = ", ".join(e.name for e in known) or "none"
     if matches:
-        raise NotFoundError(f"{name!r} could mean {', '.join(e.name for e in matches)}; "
-                            "name one")
-    raise NotFoundError(f"no exercise {name!r} (no {spec.checks_file(name)}); exercises "
-                        f"with checks: {names}")
+        raise UserError(f"exercise {name!r} could mean "
+                        f"{', '.join(e.name for e in matches)}", "name one of them")
+    raise UserError(f"no exercise {name!r}: neither a folder holding checks.yaml nor an "
+                    f"exercise under {root or topologies_dir()}",
+                    f"exercises with checks: {names} (labctl check --list)")
 
 
 def for_lab(labs: list[str], root: str | None = None) -> str:
@@ -95,6 +96,8 @@ def for_lab(labs: list[str], root: str | None = None) -> str:
     if not labs:
         raise NotFoundError("no lab is up; start an exercise: labctl up topologies/<exercise>")
     if not found:
-        raise NotFoundError(f"no exercise's checks.yaml names the running lab(s) "
-                            f"{', '.join(labs)}; name the exercise: labctl check EXERCISE")
-    raise NotFoundError(f"several exercises' labs are up ({', '.join(found)}); name one")
+        raise UserError(f"no exercise's checks.yaml names the running lab(s) "
+                        f"{', '.join(labs)}", "name the exercise: labctl check EXERCISE "
+                        "[--lab LAB]")
+    raise UserError(f"several exercises' labs are up ({', '.join(found)})",
+                    "name the exercise: labctl check EXERCISE")

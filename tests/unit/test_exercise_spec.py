@@ -224,7 +224,7 @@ def test_catalog_finds_by_name_and_prefix() -> None:
     assert catalog.find("quickstart", root) == str(QUICKSTART)
     assert catalog.find("quick", root) == str(QUICKSTART)
     assert catalog.find(str(QUICKSTART)) == str(QUICKSTART)
-    with pytest.raises(Exception, match="no exercise"):
+    with pytest.raises(UserError, match="no exercise"):
         catalog.find("no-such-exercise", root)
 
 
