@@ -46,12 +46,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import glob
 import json
 import math
 import os
 import selectors
-import shlex
 import signal
 import socket
 import struct
@@ -520,60 +518,14 @@ def run_lab(modes: list[str], args: argparse.Namespace) -> dict[str, Any]:
 
 def run_vm(args: argparse.Namespace) -> int:
     """This script with --modes VM_MODES --json FILE inside Debian's stock kernel under
-    qemu: the recipe of scripts/run-vm-tests.sh (virtme-ng, TCG, the host's root shared
-    read-only, the output folder writable)."""
-    cache = os.environ.get("VM_CACHE", "/var/lib/labctl-vm")
-    check = subprocess.run(["bash", os.path.join(REPO, "scripts", "run-vm-tests.sh"),
-                            "--check"], capture_output=True, text=True, check=False)
-    if check.returncode:
-        print(f"bench-datapath --vm: this host cannot boot the VM:\n{check.stderr}"
-              "install what it needs with: VM=1 bash scripts/install-deps.sh",
-              file=sys.stderr)
-        return 2
-    kernels = sorted(glob.glob(f"{cache}/kroot/boot/vmlinuz-*"))
+    qemu (bench/vm.py)."""
+    from vm import run_in_vm
+
     out = os.path.abspath(args.json or IPVS_JSON)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    # The guest cannot write bytecode (read-only root) and compiles slowly: do it here.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0",
-                    os.path.join(REPO, "labctl")], capture_output=True, check=False)
-    inner = [sys.executable, os.path.abspath(__file__), "--modes", args.vm_modes, "--json",
-             out, "--requests", str(args.requests), "--warmup", str(args.warmup),
-             "--mbytes", str(args.mbytes), "--settle", str(args.settle),
-             "--seconds", str(args.seconds), "--reps", str(args.reps)]
-    env = [f"PATH={os.path.dirname(sys.executable)}:/usr/local/sbin:/usr/local/bin:"
-           "/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1",
-           "LABCTL_VM=1", "HOME=/root"]
-    guest = (f"cd {shlex.quote(REPO)} && mkdir -p /run/netns /run/labctl /etc/netns && "
-             "echo \"bench-datapath: guest up after $(cut -d' ' -f1 /proc/uptime) s, "
-             "kernel $(uname -r)\"; env " + shlex.join([*env, *inner]))
-    accel = [] if os.environ.get("VM_KVM") == "1" else ["--disable-kvm"]
-    timeout = int(os.environ.get("VM_TIMEOUT", "1800"))
-    argv = ["timeout", "--kill-after=20", str(timeout), f"{cache}/venv/bin/vng", *accel,
-            "--force-9p", "--run", kernels[0], "--memory", os.environ.get("VM_MEM", "2G"),
-            "--cpus", os.environ.get("VM_CPUS", "2"), "--rwdir", os.path.dirname(out),
-            "--cwd", REPO, "--exec", guest]
-    print(f"bench-datapath: booting {os.path.basename(kernels[0])} under qemu "
-          f"({'kvm' if not accel else 'TCG, emulated'}), timeout {timeout}s: "
-          f"--modes {args.vm_modes} --json {out}", flush=True)
-    before = os.path.getmtime(out) if os.path.exists(out) else None
-    t = time.monotonic()
-    # Pipes, not files, for qemu's output: it reopens /proc/self/fd/1, which would
-    # clobber a plain file. The guest's output is relayed line by line.
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace",
-                            env={**os.environ, "PATH": f"{cache}/venv/bin:"
-                                 + os.environ.get("PATH", "")})
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        print(line, end="", flush=True)
-    rc = proc.wait()
-    took = time.monotonic() - t
-    fresh = os.path.exists(out) and os.path.getmtime(out) != before
-    if rc in (124, 137):
-        print(f"bench-datapath --vm: the VM timed out after {timeout}s (VM_TIMEOUT)")
-    print(f"bench-datapath --vm: {'wrote ' + out if fresh else 'NO results written'} "
-          f"({took:.0f}s, vng exit {rc})")
-    return 0
+    inner = ["--modes", args.vm_modes, "--json", out, "--requests", str(args.requests),
+             "--warmup", str(args.warmup), "--mbytes", str(args.mbytes), "--settle",
+             str(args.settle), "--seconds", str(args.seconds), "--reps", str(args.reps)]
+    return run_in_vm("bench-datapath", __file__, inner, out)
 
 
 # ---------------------------------------------------------------- the report

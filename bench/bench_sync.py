@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 import subprocess
 import sys
 import time
 from dataclasses import replace
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,8 +38,9 @@ from labctl.model.objects import (  # noqa: E402
     Service,
     ServicePort,
 )
+from labctl.net import ipvs as ipvs_net  # noqa: E402
 from labctl.net import netfilter, netns  # noqa: E402
-from labctl.proxy import base, iptables, nftables  # noqa: E402
+from labctl.proxy import base, iptables, ipvs, ipvs_render, nftables, sync  # noqa: E402
 
 NS = "lc-bench-sync"
 CONFIG = base.ProxyConfig(node_name="node1", node_ips=("172.18.0.2",),
@@ -61,6 +64,10 @@ def services(n: int) -> tuple[list[ServiceState], list[EndpointSlice]]:
     return svcs, slices
 
 
+IPVS_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "sync-ipvs.json")
+VARIANTS = ("nftables", "iptables-nft", "iptables-legacy", "ipvs")
+
+
 def fresh_namespace() -> None:
     netns.ensure_run_dir()
     netns.delete(NS)
@@ -75,32 +82,69 @@ def bare(argv: list[str], payload: str) -> float:
     return time.perf_counter() - t
 
 
-def measure(mode: str, backend: str, svcs: list[ServiceState],
-            slices: list[EndpointSlice]) -> dict[str, float]:
+def bare_ipvs(update: Any) -> float:
+    """IPVS mode's floor: the tools alone making the same change — kube-ipvs0 and its
+    addresses (`ip -batch`), `ipset restore`, `ipvsadm-restore`, `iptables-restore`."""
+    t = time.perf_counter()
+    batch = [f"link add {ipvs_render.DUMMY_DEVICE} type dummy"] if update.full else []
+    batch += [f"addr add {ip}/32 dev {ipvs_render.DUMMY_DEVICE}" for ip in update.addresses_add]
+    if batch:
+        bare(["ip", "-batch", "-"], "\n".join(batch) + "\n")
+    if update.ipset:
+        bare(list(ipvs_net.IPSET_RESTORE), update.ipset)
+    lines = update.ipvsadm_lines()
+    if lines:
+        bare(["ipvsadm-restore"], "\n".join(lines) + "\n")
+    if update.iptables:
+        bare(["iptables-restore", "--noflush"], update.iptables)
+    return time.perf_counter() - t
+
+
+def _tool(variant: str) -> list[str]:
+    if variant == "nftables":
+        return ["nft", "-f", "-"]
+    return [netfilter.iptables_binary(variant.split("-")[1], "iptables-restore"), "--noflush"]
+
+
+def _load(variant: str, payload: str) -> float:
+    if variant == "nftables":
+        return netfilter.load_nft(NS, payload).seconds
+    return netfilter.restore_iptables(NS, payload, variant.split("-")[1]).seconds
+
+
+def measure(variant: str, svcs: list[ServiceState],
+            slices: list[EndpointSlice]) -> dict[str, Any]:
     fresh_namespace()
     t = time.perf_counter()
+    update = None
     with base.no_gc_pauses():  # as labctl's own sync does
         inp = base.build_input(CONFIG, svcs, slices)
-        rs = iptables.render(inp) if mode == "iptables" else nftables.render(inp)
-        payload = rs.payload()
+        if variant == "ipvs":  # as sync.render_ipvs_sync does for a first load
+            rs: Any = ipvs.render(inp)
+            update = rs.update(None)
+            update = replace(update, iptables=sync.with_jump_rules(
+                update.iptables, rs.ensure_chains(), rs.jump_rules()))
+            payload = ""
+        else:
+            rs = iptables.render(inp) if variant.startswith("iptables") else nftables.render(inp)
+            payload = rs.payload()
     render_s = time.perf_counter() - t
-    if mode == "iptables":
-        loaded = netfilter.restore_iptables(NS, payload, backend)
-        tool = [netfilter.iptables_binary(backend, "iptables-restore"), "--noflush"]
+    if update is not None:
+        load_s = ipvs_net.apply(NS, "bench", ipvs_net.NodeLoad(NS, update),
+                                ["iptables-restore", *netfilter.RESTORE_FLAGS]).seconds
     else:
-        loaded = netfilter.load_nft(NS, payload)
-        tool = ["nft", "-f", "-"]
+        load_s = _load(variant, payload)
     whole = time.perf_counter() - t
-    # The floor: the bare tool loading the same payload into an empty namespace.
+    # The floor: the bare tool(s) loading the same change into an empty namespace.
     fresh_namespace()
-    floor = bare(tool, payload)
-    return {"render": render_s, "load": loaded.seconds, "whole": whole, "bare": floor,
-            "rs": rs, "inp": inp}  # type: ignore[dict-item]
+    floor = bare_ipvs(update) if update is not None else bare(_tool(variant), payload)
+    return {"render": render_s, "load": load_s, "whole": whole, "bare": floor,
+            "rs": rs, "inp": inp}
 
 
-def one_endpoint_change(mode: str, backend: str, svcs: list[ServiceState],
+def one_endpoint_change(variant: str, svcs: list[ServiceState],
                         slices: list[EndpointSlice], old_inp: base.ProxyInput,
-                        old: object) -> dict[str, float]:
+                        old: Any) -> dict[str, float]:
     changed = list(slices)
     first = changed[0]
     ep = replace(first.endpoints[0], addresses=("10.244.250.250",))
@@ -108,76 +152,141 @@ def one_endpoint_change(mode: str, backend: str, svcs: list[ServiceState],
     t = time.perf_counter()
     with base.no_gc_pauses():  # as sync.render_sync, given the node's previous NodeSync
         inp = base.build_input(CONFIG, svcs, changed, previous=old_inp)
-        module = iptables if mode == "iptables" else nftables
-        rs, payload = module.render_update(old, inp)  # type: ignore[attr-defined]
+        if variant == "ipvs":
+            rs, update = ipvs.render_update(old, inp)
+            payload = update.text()
+        else:
+            module = iptables if variant.startswith("iptables") else nftables
+            rs, payload = module.render_update(old, inp)  # type: ignore[attr-defined]
     python = time.perf_counter() - t
-    if mode == "iptables":
-        netfilter.restore_iptables(NS, payload, backend)
-        tool = [netfilter.iptables_binary(backend, "iptables-restore"), "--noflush"]
+    if variant == "ipvs":
+        ipvs_net.apply(NS, "bench", ipvs_net.NodeLoad(NS, update),
+                       ["iptables-restore", *netfilter.RESTORE_FLAGS])
     else:
-        netfilter.load_nft(NS, payload)
-        tool = ["nft", "-f", "-"]
+        _load(variant, payload)
     whole = time.perf_counter() - t
     # Undo the change with the bare tool, then time the bare tool applying it again.
-    back = (old.partial_payload(rs) if mode == "iptables"  # type: ignore[union-attr]
-            else old.update_payload(rs))  # type: ignore[union-attr]
-    bare(tool, back)
-    return {"labctl": whole, "python": python, "bare": bare(tool, payload),
+    if variant == "ipvs":
+        _rs, back = ipvs.render_update(rs, old_inp)
+        bare_ipvs(back)
+        floor = bare_ipvs(update)
+    else:
+        back = old.partial_payload(rs) if variant.startswith("iptables") \
+            else old.update_payload(rs)
+        bare(_tool(variant), back)
+        floor = bare(_tool(variant), payload)
+    return {"labctl": whole, "python": python, "bare": floor,
             "lines": payload.count("\n")}
 
 
-def main() -> None:
+def host_has_ipvs() -> bool:
+    return os.path.exists("/proc/net/ip_vs") or subprocess.run(
+        ["modprobe", "-q", "ip_vs"], check=False).returncode == 0
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,3000,10000")
+    parser.add_argument("--modes", default="",
+                        help=f"of {', '.join(VARIANTS)} (default: all this kernel has)")
+    parser.add_argument("--json", help="also write the figures here (the VM run does)")
+    parser.add_argument("--vm", action="store_true",
+                        help="measure ipvs inside Debian's stock kernel under qemu and "
+                             f"write {os.path.relpath(IPVS_JSON)} (bench-sync shows it)")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    variants = [("nftables", ""), ("iptables", "nft"), ("iptables", "legacy")]
-    results: dict[tuple[str, str, int], dict[str, float]] = {}
-    changes = {}
+    if args.vm:
+        from vm import run_in_vm
+
+        return run_in_vm("bench-sync", __file__,
+                         ["--modes", "ipvs", "--sizes", args.sizes, "--json", IPVS_JSON],
+                         IPVS_JSON)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    variants = [v for v in (args.modes.split(",") if args.modes else VARIANTS)
+                if args.modes or v != "ipvs" or host_has_ipvs()]
+    results: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in variants}
+    changes: dict[str, dict[str, float]] = {}
     try:
         for n in sizes:
             svcs, slices = services(n)
-            for mode, backend in variants:
-                label = mode if mode == "nftables" else f"iptables-{backend}"
-                print(f"  {label:16} {n:>6} services ...", end="", flush=True)
-                r = measure(mode, backend, svcs, slices)
-                results[(mode, backend, n)] = r
+            for variant in variants:
+                print(f"  {variant:16} {n:>6} services ...", end="", flush=True)
+                r = measure(variant, svcs, slices)
+                results[variant][n] = r
                 print(f" render {r['render']:.3f}s, load {r['load']:.3f}s", flush=True)
                 if n == sizes[-1]:
-                    changes[label] = one_endpoint_change(mode, backend, svcs, slices,
-                                                         r["inp"], r["rs"])
+                    changes[variant] = one_endpoint_change(variant, svcs, slices,
+                                                           r["inp"], r["rs"])
     finally:
         netns.delete(NS)
+    figures = {"sizes": sizes, "kernel": os.uname().release,
+               "emulated": os.environ.get("LABCTL_VM") == "1",
+               "full": {v: {str(n): {k: results[v][n][k] for k in
+                                     ("render", "load", "whole", "bare")} for n in sizes}
+                        for v in variants},
+               "change": changes}
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+    if "ipvs" not in variants:
+        vm = load_vm(IPVS_JSON, sizes)
+        if vm is not None:
+            figures["full"]["ipvs"] = vm["full"]["ipvs"]
+            figures["change"]["ipvs"] = vm["change"]["ipvs"]
+            figures["ipvs_from_vm"] = True
+            variants.append("ipvs")
+            print(f"\n(ipvs: from {os.path.relpath(IPVS_JSON)}, measured in a VM under "
+                  f"emulation (qemu TCG, kernel {vm['kernel']}): compare its ratios, not "
+                  "its seconds, with the other modes')")
+        else:
+            print(f"\n(ipvs: this kernel has no IPVS; `make bench-sync-vm` measures it in a "
+                  f"VM and writes {os.path.relpath(IPVS_JSON)}, which this table then shows)")
+    report(figures, variants, sizes)
+    plot(sizes, variants, figures)
+    return 0
+
+
+def load_vm(path: str, sizes: list[int]) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    full = data.get("full", {}).get("ipvs", {})
+    if not all(str(n) in full for n in sizes) or "ipvs" not in data.get("change", {}):
+        return None
+    return data
+
+
+def report(figures: dict[str, Any], variants: list[str], sizes: list[int]) -> None:
+    full, changes = figures["full"], figures["change"]
     print()
     print(f"{'mode':18}" + "".join(f"{n:>18}" for n in sizes) + "   (render + load, seconds)")
-    for mode, backend in variants:
-        label = mode if mode == "nftables" else f"iptables-{backend}"
-        cells = [results[(mode, backend, n)] for n in sizes]
-        print(f"{label:18}" + "".join(f"{c['render']:>8.3f}+{c['load']:<9.3f}" for c in cells))
+    for v in variants:
+        cells = [full[v][str(n)] for n in sizes]
+        print(f"{v:18}" + "".join(f"{c['render']:>8.3f}+{c['load']:<9.3f}" for c in cells))
     print("\nlabctl's whole full sync vs its render time + the bare tool loading the same "
           "payload (target <= 1.1):")
-    for mode, backend in variants:
-        label = mode if mode == "nftables" else f"iptables-{backend}"
-        ratios = [results[(mode, backend, n)]["whole"] / (results[(mode, backend, n)]["render"]
-                                                           + results[(mode, backend, n)]["bare"])
-                  for n in sizes]
-        print(f"  {label:16}" + "".join(f"{r:>8.2f}" for r in ratios))
+    for v in variants:
+        ratios = [full[v][str(n)]["whole"] / (full[v][str(n)]["render"]
+                                              + full[v][str(n)]["bare"]) for n in sizes]
+        print(f"  {v:16}" + "".join(f"{r:>8.2f}" for r in ratios))
     print(f"\nOne endpoint changes at {sizes[-1]} Services (kube-proxy's partial sync; "
           "labctl's whole update vs the bare tool, target <= 2x):")
-    for label, c in changes.items():
-        print(f"  {label:16} labctl {c['labctl']:.3f}s (Python {c['python']:.3f}s) vs bare "
+    for v in variants:
+        c = changes[v]
+        print(f"  {v:16} labctl {c['labctl']:.3f}s (Python {c['python']:.3f}s) vs bare "
               f"tool {c['bare']:.3f}s ({c['labctl'] / c['bare']:.1f}x, "
               f"{int(c['lines'])} lines sent)")
-    big = sizes[-1]
-    print(f"\nThe lesson: a full sync of {big} Services costs "
-          f"{results[('iptables', 'nft', big)]['load']:.1f}s with iptables-nft and "
-          f"{results[('nftables', '', big)]['load']:.1f}s with nft -f, and grows with every "
-          "Service; kube-proxy therefore sends only what changed between syncs.")
-    plot(sizes, variants, results)
+    big = str(sizes[-1])
+    if "iptables-nft" in full and "nftables" in full:
+        print(f"\nThe lesson: a full sync of {big} Services costs "
+              f"{full['iptables-nft'][big]['load']:.1f}s with iptables-nft and "
+              f"{full['nftables'][big]['load']:.1f}s with nft -f, and grows with every "
+              "Service; kube-proxy therefore sends only what changed between syncs.")
 
 
-def plot(sizes: list[int], variants: list[tuple[str, str]],
-         results: dict[tuple[str, str, int], dict[str, float]]) -> None:
+def plot(sizes: list[int], variants: list[str], figures: dict[str, Any]) -> None:
     try:
         import matplotlib
 
@@ -186,13 +295,15 @@ def plot(sizes: list[int], variants: list[tuple[str, str]],
     except ImportError:
         print("(matplotlib not installed: no plot)")
         return
+    full = figures["full"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for mode, backend in variants:
-        label = mode if mode == "nftables" else f"iptables-{backend}"
-        ax.plot(sizes, [results[(mode, backend, n)]["load"] for n in sizes], "o-",
-                label=f"{label} load")
-    ax.plot(sizes, [results[("iptables", "nft", n)]["render"] for n in sizes], "k--",
-            label="labctl render (iptables)")
+    for v in variants:
+        ax.plot(sizes, [full[v][str(n)]["load"] for n in sizes], "o-",
+                label=f"{v} load" + (" (VM, emulated)" if v == "ipvs"
+                                     and figures.get("ipvs_from_vm") else ""))
+    if "iptables-nft" in full:
+        ax.plot(sizes, [full["iptables-nft"][str(n)]["render"] for n in sizes], "k--",
+                label="labctl render (iptables)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("Services (2 endpoints each)")
@@ -205,4 +316,4 @@ def plot(sizes: list[int], variants: list[tuple[str, str]],
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
