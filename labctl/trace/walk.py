@@ -4,8 +4,9 @@ The request is the probe's first packet (a TCP SYN, the UDP datagram, the ICMP e
 request), the reply the first packet back (SYN-ACK or RST, the datagram, the echo
 reply). Each namespace's monitor gives its own events in order; across namespaces the
 order comes from the IP TTL, which every routed hop lowers by one: a namespace entered
-with a higher TTL was crossed earlier (between the pod and its node, which see the same
-TTL, the pod comes first going out and last coming back).
+with a higher TTL was crossed earlier. At one TTL — a pod and its node, or a hop through
+the bridge, which does not lower it — the namespace that made the packet comes first
+and a pod it arrives in last; a namespace entered twice (a hairpin) gives two runs.
 """
 
 from __future__ import annotations
@@ -159,9 +160,9 @@ def build(places: Sequence[Place], flow: Flow, pods_by_ip: dict[str, str],
                      if v.packet and is_request(v.packet, flow)), -1)
     request = _direction("request", names[0], places, parsed,
                          lambda p: is_request(p, flow) and p.ip_id == first_id, pods_by_ip,
-                         route, outgoing=True)
+                         route)
     reply = _direction("reply", names[1], places, parsed,
-                       lambda p: is_reply(p, flow), pods_by_ip, route, outgoing=False)
+                       lambda p: is_reply(p, flow), pods_by_ip, route)
     for step in reply.steps:
         step.n += len(request.steps)
     if request.result == "rejected" and not reply.steps:
@@ -179,13 +180,15 @@ def build(places: Sequence[Place], flow: Flow, pods_by_ip: dict[str, str],
 
 def _direction(name: str, packet_name: str, places: Sequence[Place],
                parsed: dict[str, list[Visit]], wanted: Callable[[Packet], bool],
-               pods_by_ip: dict[str, str], route: RouteLookup | None,
-               outgoing: bool) -> Direction:
+               pods_by_ip: dict[str, str], route: RouteLookup | None) -> Direction:
     runs: list[tuple[int, int, Place, list[Visit]]] = []
     for pl in places:
         chosen = [v for v in parsed[pl.netns] if v.packet is not None and wanted(v.packet)]
-        rank = (0 if pl.kind == "pod" else 1) if outgoing else (1 if pl.kind == "pod" else 0)
-        for run in _split_runs(chosen):
+        for run in _split_runs(chosen, pl.rules):
+            # At one TTL (a bridged hop does not lower it) the run where the packet was
+            # made (output) comes first, a pod it arrives in (prerouting) last.
+            hook = pl.rules.hook(run[0].family, run[0].table, run[0].chain)[0]
+            rank = -1 if hook == "output" else 1 if pl.kind == "pod" else 0
             runs.append((-(run[0].packet.ttl if run[0].packet else 0), rank, pl, run))
     runs.sort(key=lambda r: (r[0], r[1]))
     steps: list[Step] = []
@@ -202,16 +205,20 @@ def _direction(name: str, packet_name: str, places: Sequence[Place],
     return Direction(name, packet_name, steps, result, summary)
 
 
-def _split_runs(chosen: list[Visit]) -> list[list[Visit]]:
-    """A namespace crossed twice (the packet came back) gives two runs: TTL goes up."""
+def _split_runs(chosen: list[Visit], rules: RuleBook) -> list[list[Visit]]:
+    """A namespace entered twice (a packet that came back, a hairpin through the node)
+    gives two runs: a new one starts when the TTL goes up or the packet is at
+    prerouting again after a later hook."""
     runs: list[list[Visit]] = []
-    last_ttl = -1
+    last_ttl, last_hook = -1, ""
     for v in chosen:
         ttl = v.packet.ttl if v.packet else 0
-        if not runs or ttl > last_ttl:
+        hook = rules.hook(v.family, v.table, v.chain)[0]
+        if not runs or ttl > last_ttl or (hook == "prerouting" and last_hook not in
+                                          ("", "prerouting")):
             runs.append([])
         runs[-1].append(v)
-        last_ttl = ttl
+        last_ttl, last_hook = ttl, hook
     return runs
 
 

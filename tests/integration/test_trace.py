@@ -153,6 +153,18 @@ def test_a_trace_across_nodes_shows_both_nodes_and_the_route(lab: dict[str, Any]
     assert "DNAT to " + web in request
 
 
+def test_a_hairpin_through_the_pods_own_service_comes_back_into_the_pod(
+        lab: dict[str, Any]) -> None:
+    doc = trace_json("web", "web")
+    req = doc["request"]
+    assert [s["where"] for s in req["steps"]] == [
+        "pod default/web", "node2", "node2", "node2", "pod default/web"]
+    assert req["result"] == "arrived" and req["summary"] == "arrived at pod default/web"
+    back = req["steps"][-1]["headers"]
+    assert (back["saddr"], back["daddr"]) == ("10.244.1.1", lab["web_ip"])  # masqueraded
+    assert "SNAT" in doc["conntrack"]["node2"][0]
+
+
 def test_a_udp_probe_is_answered_by_the_pod_and_traced(lab: dict[str, Any]) -> None:
     doc = trace_json("client", "echo")
     assert doc["destination"]["protocol"] == "udp" and doc["destination"]["port"] == 9000
