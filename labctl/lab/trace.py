@@ -49,6 +49,19 @@ def check_traceable(state: ClusterState) -> None:
             "`labctl rules NODE` shows the legacy rules")
 
 
+def udp_payload(dest: Destination, domain: str) -> bytes:
+    """What a UDP probe carries: to port 53 a DNS query (A kubernetes.default.svc.<domain>,
+    so a DNS server answers), else a line the built-in echo server echoes."""
+    if dest.port != 53:
+        return b"labctl trace\n"
+    import struct
+
+    name = b"".join(bytes([len(part)]) + part.encode()
+                    for part in f"kubernetes.default.svc.{domain}".split(".") if part)
+    return struct.pack("!HHHHHH", 0x1ab5, 0x0100, 1, 0, 0, 0) + name + b"\0" + \
+        struct.pack("!HH", 1, 1)
+
+
 def run(lab: str, state: ClusterState, pod: PodState, dest: Destination,
         timeout: float = 2.0) -> Trace:
     check_traceable(state)
@@ -58,7 +71,8 @@ def run(lab: str, state: ClusterState, pod: PodState, dest: Destination,
     try:
         with nftrace.tracing([ns for _w, _k, ns in places], probe.flow,
                              unlabelled=[pod.netns]) as monitors:
-            outcome = probe.send(dest.ip, dest.port, timeout)
+            outcome = probe.send(dest.ip, dest.port, timeout,
+                                 udp_payload(dest, state.lab.cluster_domain))
             nftrace.settle(monitors)
             lines = {m.ns: list(m.lines) for m in monitors}
     finally:

@@ -330,7 +330,9 @@ class Probe:
     def flow(self) -> Flow:
         return Flow(self.protocol, self.port)
 
-    def send(self, ip: str, port: int, timeout: float) -> Outcome:
+    def send(self, ip: str, port: int, timeout: float,
+             payload: bytes = b"labctl trace\n") -> Outcome:
+        """Send the probe (a UDP datagram carries `payload`) and wait for its answer."""
         self.sock.settimeout(timeout)
         start = time.perf_counter()
         try:
@@ -339,10 +341,11 @@ class Probe:
                 return Outcome("connected", "TCP handshake completed", _since(start))
             if self.protocol == "udp":
                 self.sock.connect((ip, port))
-                self.sock.send(b"labctl trace\n")
+                self.sock.send(payload)
                 data = self.sock.recv(512)
-                return Outcome("answered", "a datagram came back", _since(start),
-                               data.decode(errors="replace").strip())
+                text = " ".join(data.decode(errors="replace").split())
+                shown = text if text.isprintable() else f"{len(data)} bytes"
+                return Outcome("answered", "a datagram came back", _since(start), shown)
             return self._ping(ip, timeout, start)
         except TimeoutError:
             return Outcome("no-answer", f"nothing came back within {timeout:g} s",

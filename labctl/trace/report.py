@@ -29,7 +29,7 @@ def header(protocol: str, source: dict[str, Any], dest_ip: str, dest_port: int,
 def outcome_line(result: str, detail: str, seconds: float, reply: str = "") -> str:
     text = f"result: {OUTCOMES.get(result, result)} — {detail} ({seconds * 1000:.1f} ms)"
     if reply:
-        text += f"; reply: {reply[:120]!r}"
+        text += f"; reply: {reply[:120]}" + ("…" if len(reply) > 120 else "")
     return text
 
 
