@@ -14,7 +14,6 @@ Ctrl-C; a table left by a labctl that was killed is removed by the next trace.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import json
 import os
@@ -131,10 +130,13 @@ def tables_in(ns: str) -> list[str]:
 # ------------------------------------------------------------------ monitors
 
 
-def _die_with_parent() -> None:
-    # A monitor must not outlive labctl (kill -9 included): the kernel ends it then.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def monitor_argv() -> list[str]:
+    """`nft -a monitor trace`, under `setpriv --pdeathsig KILL` (util-linux) when there
+    is one: a monitor must not outlive labctl, kill -9 included."""
+    argv = ["nft", "-a", "monitor", "trace"]
+    if shutil.which("setpriv"):
+        return ["setpriv", "--pdeathsig", "KILL", *argv]
+    return argv
 
 
 @dataclass
@@ -150,9 +152,8 @@ class Monitor:
     @classmethod
     def start(cls, ns: str) -> Monitor:
         with netns.entered(ns):
-            proc = subprocess.Popen(["nft", "-a", "monitor", "trace"], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(monitor_argv(), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         mon = cls(ns, proc)
         mon.reader = threading.Thread(target=mon._read, name=f"nftrace {ns}", daemon=True)
         mon.reader.start()

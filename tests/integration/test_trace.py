@@ -11,7 +11,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -238,15 +237,25 @@ def test_ctrl_c_during_the_probe_removes_tables_and_monitors(lab: dict[str, Any]
     assert not _monitors(lab)
 
 
-def test_a_trace_table_left_by_a_killed_labctl_is_removed_by_the_next_trace(
-        lab: dict[str, Any], tmp_path: Path) -> None:
-    # A pid that cannot be running: the table of a labctl killed with -9.
-    dead = nftrace.table_name(2 ** 22 + 12345)
-    node1 = lab["netns"][0]
-    from labctl.net import netfilter
-
-    netfilter.run_in(node1, ["nft", "-f", "-"], stdin=nftrace.table_payload(
-        dead, nftrace.Flow("tcp", 1)))
-    assert nftrace.tables_in(node1) == [dead]
+def test_kill_9_takes_the_monitors_along_and_the_next_trace_removes_the_tables(
+        lab: dict[str, Any]) -> None:
+    proc = subprocess.Popen(labctl_argv("trace", "--lab", LAB, "client", "172.18.0.254:9",
+                                        "--timeout", "30"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_monitors(lab)) < 3 and time.monotonic() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.05)
+        assert len(_monitors(lab)) == 3
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while _monitors(lab) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _monitors(lab)  # setpriv --pdeathsig: they died with labctl
+    assert _trace_tables(lab)  # nothing could remove these …
     labctl("trace", "--lab", LAB, "client", "web")
-    assert not _trace_tables(lab)
+    assert not _trace_tables(lab)  # … but the next trace did
+
