@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from labctl.agent import control, events, kube_proxies, startup
+from labctl.agent.health_servers import HealthServers
 from labctl.agent.paths import PODHOST_STARTING_ENV, READY_FD_ENV, StatePaths
 from labctl.agent.probing import PodProbes
 from labctl.cluster.compile import with_readiness
@@ -83,6 +84,8 @@ class Agent:
         self._resync_pending = False
         self._raw_topology: Any = None
         self.adopted = False
+        self.health = HealthServers(lambda node, msg: self.event(
+            "Warning", "HealthCheckPort", f"node/{node}", msg))  # kube-proxy's, per node
 
     # entry
 
@@ -170,6 +173,7 @@ class Agent:
         if self.adopted:
             await self.adopt()
         await kube_proxies.ensure(self, self.state, wait=True)  # userspace mode's proxies
+        await self.health.sync(self.state)
         self.save_live()
 
     async def wait_for_podhost(self, timeout: float) -> None:
@@ -275,6 +279,7 @@ class Agent:
         else:
             self.spawn(self.reload_dns())
         await kube_proxies.ensure(self, new)  # userspace mode: the proxies reload too
+        await self.health.sync(new)  # health check answers follow the local endpoints
         self.last_ready = ready
         return synced
 

@@ -18,6 +18,7 @@ from labctl.errors import Diagnostic, UserError
 from labctl.model.objects import Lab, Service
 
 NODE_PORT_RANGE = (30000, 32767)
+HEALTH_CHECK = "(health check)"  # the health check node port's key (no port has this name)
 KUBERNETES_SERVICE_INDEX = 1
 DNS_SERVICE_INDEX = 10
 
@@ -42,6 +43,12 @@ def needs_node_ports(svc: Service) -> bool:
     return svc.type in ("NodePort", "LoadBalancer")
 
 
+def needs_health_check(svc: Service) -> bool:
+    """kube-proxy serves a health check for a LoadBalancer with externalTrafficPolicy
+    Local (the API server allocates its port; a value written otherwise is ignored)."""
+    return svc.type == "LoadBalancer" and svc.external_traffic_policy == "Local"
+
+
 def allocate(lab: Lab, services: Iterable[Service],
              previous: Mapping[str, ServiceState] | None = None) -> list[ServiceState]:
     previous = previous or {}
@@ -55,6 +62,8 @@ def allocate(lab: Lab, services: Iterable[Service],
         if svc.cluster_ip and svc.cluster_ip != "None":
             used_ips.add(svc.cluster_ip)
         used_ports.update(p.node_port for p in svc.ports if p.node_port)
+        if svc.health_check_node_port and needs_health_check(svc):
+            used_ports.add(svc.health_check_node_port)
     lb_pool = list(ipaddress.IPv4Network(lab.load_balancer_cidr).hosts())
     used_lb = {ip for s in services for ip in (s.load_balancer_ip, *s.load_balancer_ingress) if ip}
 
@@ -90,7 +99,19 @@ def allocate(lab: Lab, services: Iterable[Service],
                         f"the LoadBalancer pool {lab.load_balancer_cidr} is exhausted",
                         "make the Lab's spec.loadBalancerCIDR larger"))
             used_lb.add(lb_ip)
-        out.append(ServiceState(svc, cluster_ip, tuple(ports), lb_ip))
+        health = 0
+        if needs_health_check(svc):
+            health = svc.health_check_node_port or _node_port(
+                key, HEALTH_CHECK, "TCP", used_ports, old)
+            if health is None:
+                errors.append(Diagnostic(
+                    "error", svc.source.at("spec.externalTrafficPolicy"),
+                    f"Service {key}: spec.healthCheckNodePort",
+                    "no free NodePort left in 30000-32767 for the health check",
+                    "use fewer NodePort/LoadBalancer Services or give healthCheckNodePort"))
+                health = 0
+            used_ports.add(health)
+        out.append(ServiceState(svc, cluster_ip, tuple(ports), lb_ip, health))
     if errors:
         raise UserError(errors)
     return out
@@ -126,7 +147,10 @@ def _cluster_ip(svc: Service, key: str, net: ipaddress.IPv4Network, used: set[st
 
 def _node_port(key: str, name: str, protocol: str, used: set[int],
                old: ServiceState | None) -> int | None:
-    if old:
+    if old and name == HEALTH_CHECK:
+        if old.health_check_node_port and old.health_check_node_port not in used:
+            return old.health_check_node_port
+    elif old:
         for p in old.ports:
             if p.name == name and p.protocol == protocol and p.node_port:
                 return p.node_port

@@ -71,6 +71,9 @@ class ServiceState:
     cluster_ip: str  # allocated or as written; "None" for headless; "" for ExternalName
     ports: tuple[PortAllocation, ...] = ()
     load_balancer_ip: str = ""  # allocated from the lab's pool (type LoadBalancer)
+    # type LoadBalancer with externalTrafficPolicy Local: kube-proxy's health check port
+    # (as written or allocated from the NodePort range); 0 for every other Service
+    health_check_node_port: int = 0
 
     @property
     def namespace(self) -> str:

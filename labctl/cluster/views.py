@@ -71,6 +71,10 @@ def service_object(svc: ServiceState) -> dict[str, Any]:
     if s.external_ips:
         spec["externalIPs"] = list(s.external_ips)
     spec["sessionAffinity"] = s.session_affinity
+    if s.type in ("NodePort", "LoadBalancer") or s.external_ips:
+        spec["externalTrafficPolicy"] = s.external_traffic_policy
+    if svc.health_check_node_port:
+        spec["healthCheckNodePort"] = svc.health_check_node_port
     status: dict[str, Any] = {"loadBalancer": {}}
     if svc.load_balancer_ip:
         status["loadBalancer"] = {"ingress": [{"ip": svc.load_balancer_ip, "ipMode": "VIP"}]}

@@ -204,7 +204,7 @@ def service_ports(svc: ServiceState) -> list[ServicePortInfo]:
             sticky_seconds=spec.session_affinity_timeout,
             external_policy_local=etp_local,
             internal_policy_local=spec.internal_traffic_policy == "Local",
-            health_check_node_port=(spec.health_check_node_port
+            health_check_node_port=((svc.health_check_node_port or spec.health_check_node_port)
                                     if spec.type == "LoadBalancer" and etp_local else 0)))
     return out
 
