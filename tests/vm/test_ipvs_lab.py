@@ -183,14 +183,6 @@ def test_clusterip_from_a_pod_round_robin(lab: Lab) -> None:
     assert f"client={lab.pods['client']['status']['podIP']}:" in proc.stdout
 
 
-def test_nodeport_from_outside(lab: Lab) -> None:
-    """The external client reaches the NodePort on both nodes."""
-    for node, ip in lab.nodes.items():
-        proc = run_in(f"lc.{LAB}.external", "curl", "-s", "-m", "5",
-                      f"http://{ip}:30080/", timeout=30)
-        assert re.search(r"^pod=web-", proc.stdout, re.M), (node, proc.stdout, proc.stderr)
-
-
 def diagnostics(lab: Lab) -> str:
     """What the nodes' IPVS and conntrack hold, and the agent's last words."""
     out = []
