@@ -138,6 +138,9 @@ class _Checker:
             return job(check)
         except (Unresolved, LabctlError) as exc:
             return Result(check, False, "", "error", str(exc))
+        except OSError as exc:  # a namespace that went away meanwhile
+            return Result(check, False, "", "error", f"{exc.strerror or exc}: "
+                          f"{exc.filename or ''}".rstrip(": "))
 
     # ------------------------------------------------------------ where things are
 
@@ -184,7 +187,11 @@ class _Checker:
         except Unresolved as exc:
             return Cell(client, target, "", expected, "error", False, detail=str(exc))
         probe = probes.tcp if reach.proto == "tcp" else probes.udp
-        outcomes = [probe(ns, ip, port, reach.timeout) for _ in range(reach.count)]
+        try:
+            outcomes = [probe(ns, ip, port, reach.timeout) for _ in range(reach.count)]
+        except OSError as exc:  # the client's namespace went away (a pod replaced)
+            return Cell(client, target, "", expected, "error", False,
+                        detail=f"cannot probe from {client}: {exc.strerror or exc}")
         address = f"{ip}:{port}/{reach.proto}"
         return judge(reach, client, target, address, outcomes, how)
 
