@@ -35,7 +35,8 @@ def show(state: ClusterState, resource: str, fmt: str | None, namespace: str | N
     if kind == "pods":
         pods = [p for p in state.pods if in_ns(p.namespace)]
         if fmt in ("json", "yaml"):
-            return as_list([views.pod_object(state, p) for p in pods], fmt)
+            return as_list([views.pod_object(state, p, None if pod_states is None
+                                             else pod_states.get(p.key)) for p in pods], fmt)
         headers = ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
         if fmt == "wide":
             headers += ["IP", "NODE"]

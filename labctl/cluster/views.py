@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from labctl.cluster.state import ClusterState, NodeState, PodState, ServiceState
@@ -17,7 +19,53 @@ def _meta(name: str, namespace: str | None = None, labels: Any = None) -> dict[s
     return meta
 
 
-def pod_object(state: ClusterState, pod: PodState) -> dict[str, Any]:
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _container_status(c: Mapping[str, Any]) -> dict[str, Any]:
+    """One container as the kubelet reports it (state, restarts, the last exit)."""
+    word = str(c.get("state", "Waiting"))
+    started = float(c.get("started") or 0.0)
+    if word == "Running":
+        st: dict[str, Any] = {"running": {"startedAt": _rfc3339(started)} if started else {}}
+    elif word in ("Completed", "Error"):
+        st = {"terminated": {"exitCode": int(c.get("lastExit") or 0), "reason": word}}
+    else:  # Waiting, CrashLoopBackOff, ContainerCreating
+        st = {"waiting": {"reason": word if word != "Waiting" else "ContainerCreating"}}
+    out = {"name": c.get("name", ""), "ready": bool(c.get("ready")),
+           "restartCount": int(c.get("restarts", 0)), "started": word == "Running",
+           "state": st}
+    if c.get("lastExit") is not None and int(c.get("restarts", 0)):
+        out["lastState"] = {"terminated": {"exitCode": int(c["lastExit"]),
+                                           "reason": str(c.get("lastReason") or "Error")}}
+    return out
+
+
+def _pod_status(pod: PodState, host_ip: str, live: Mapping[str, Any] | None
+                ) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": "Running", "hostIP": host_ip, "podIP": pod.ip,
+                              "podIPs": [{"ip": pod.ip}]}
+    if live is None:  # no agent to ask: what the lab was built as
+        return status
+    containers = [_container_status(c) for c in live.get("containers", [])]
+    if live.get("status") == "ContainerCreating" or not containers:
+        status["phase"] = "Pending"
+    ready = "True" if live.get("ready") else "False"
+    all_ready = "True" if containers and all(c["ready"] for c in containers) else "False"
+    status["conditions"] = [
+        {"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"},
+        {"type": "ContainersReady", "status": all_ready}, {"type": "Ready", "status": ready}]
+    if live.get("created"):
+        status["startTime"] = _rfc3339(float(live["created"]))
+    status["containerStatuses"] = containers
+    return status
+
+
+def pod_object(state: ClusterState, pod: PodState,
+               live: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The Pod; `live` (the agent's view of it: containers, readiness) fills its status
+    as the kubelet would, else the status says only where it runs."""
     node = state.node(pod.node)
     containers = [{
         "name": c.name,
@@ -36,8 +84,7 @@ def pod_object(state: ClusterState, pod: PodState) -> dict[str, Any]:
     if pod.spec.subdomain:
         spec["subdomain"] = pod.spec.subdomain
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec,
-            "status": {"phase": "Running", "hostIP": node.ip, "podIP": pod.ip,
-                       "podIPs": [{"ip": pod.ip}]}}
+            "status": _pod_status(pod, node.ip, live)}
 
 
 def node_object(node: NodeState) -> dict[str, Any]:

@@ -420,11 +420,24 @@ def test_crash_gives_crashloopbackoff_and_heal_brings_it_back(shared: Lab) -> No
             and r.restarts >= start + 2 else None))
         assert row.ready == "0/1"
         assert "back-off restarting failed container c" in shared.events()
+        # -o json as the kubelet reports it: the container waits, with its last exit
+        pod = next(p for p in json.loads(shared.run("get", "pods", "-o", "json").stdout)[
+            "items"] if p["metadata"]["name"] == "crashy")
+        (c,) = pod["status"]["containerStatuses"]
+        assert c["ready"] is False and c["restartCount"] >= start + 2
+        assert c["state"] == {"waiting": {"reason": "CrashLoopBackOff"}}
+        assert c["lastState"]["terminated"]["exitCode"] != 0
+        ready = {x["type"]: x["status"] for x in pod["status"]["conditions"]}
+        assert ready["Ready"] == "False" and ready["ContainersReady"] == "False"
     finally:
         shared.run("heal", "pod", "crashy", "--wait")
     row = shared.pods()["crashy"]
     assert row.status == "Running" and row.ready == "1/1"
     assert http_get(shared.client, row.ip, 8080).pod == "crashy"
+    pod = next(p for p in json.loads(shared.run("get", "pods", "-o", "json").stdout)[
+        "items"] if p["metadata"]["name"] == "crashy")
+    assert "running" in pod["status"]["containerStatuses"][0]["state"]
+    assert {x["type"]: x["status"] for x in pod["status"]["conditions"]}["Ready"] == "True"
 
 
 # ------------------------------------------------------------------ 4. delete
