@@ -9,7 +9,7 @@ import click
 
 from labctl.cli.common import CONTEXT, handle_errors, print_warnings
 from labctl.cli.output import table
-from labctl.errors import NotFoundError
+from labctl.errors import LabctlError, NotFoundError
 
 
 @click.command(context_settings=CONTEXT)
@@ -48,6 +48,9 @@ def check(exercise: str | None, lab_name: str | None, fmt: str, list_: bool) -> 
     folder = catalog.find(exercise) if exercise else catalog.for_lab(_labs())
     loaded = spec.load(folder)
     print_warnings(list(loaded.warnings))
+    if os.geteuid() != 0:
+        raise LabctlError("labctl check enters the lab's network namespaces: run it as root "
+                          "(sudo labctl check)")
     from labctl.exercise import report, run
     from labctl.lab import lifecycle, store
 
