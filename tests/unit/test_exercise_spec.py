@@ -250,3 +250,25 @@ def test_dns_replies_keep_srv_and_soa_records() -> None:
     question = question_bytes("_pg._tcp.db.default.svc.cluster.local.", SRV, IN)
     wire = encode_reply(1, 0x0100, question, None, Answer(0, (srv, soa)), None)
     assert parse_records(wire).answer == (srv, soa)
+
+
+def test_a_reach_cell_is_judged_on_every_connection() -> None:
+    from labctl.exercise.probes import Outcome
+    from labctl.exercise.run import judge
+
+    reach = spec.Reach(("client",), ("web",), 80, count=4, distinct=2, answered_by="^web-")
+    ok = [Outcome("ok", "web-a"), Outcome("ok", "web-b"), Outcome("ok", "web-a"),
+          Outcome("ok", "web-b")]
+    cell = judge(reach, "client", "web", "10.96.0.20:80/tcp", ok, "")
+    assert cell.passed and cell.observed == "ok ×4" and cell.pods == ("web-a", "web-b") * 2
+    one_pod = [Outcome("ok", "web-a")] * 4
+    assert "1 distinct pod(s) answered" in judge(reach, "c", "w", "", one_pod, "").detail
+    wrong = ok[:3] + [Outcome("ok", "db-0")]
+    cell = judge(reach, "c", "w", "", wrong, "")
+    assert not cell.passed and "answered by db-0" in cell.detail
+    refused = ok[:3] + [Outcome("refused", detail="connect: connection refused")]
+    cell = judge(reach, "c", "w", "", refused, "")
+    assert not cell.passed and cell.observed == "ok ×3, refused ×1"
+    timeout = spec.Reach(("client",), ("web",), 81, expect="timeout")
+    assert judge(timeout, "c", "w", "", [Outcome("timeout")], "").passed
+    assert not judge(timeout, "c", "w", "", [Outcome("refused")], "").passed
