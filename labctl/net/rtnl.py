@@ -28,6 +28,8 @@ from dataclasses import dataclass
 NETLINK_ROUTE = 0
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 NLMSG_ERROR = 2
+SO_RCVBUFFORCE = 33  # socket.h: SO_RCVBUF beyond rmem_max, for CAP_NET_ADMIN
+CHUNK = 256  # requests sent before their acks are read
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_DELADDR, RTM_NEWROUTE, RTM_DELROUTE = 20, 21, 24, 25
 IFLA_ADDRESS = 1
@@ -114,7 +116,10 @@ class Rtnl:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                   NETLINK_ROUTE)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        try:  # past net.core.rmem_max (root may): room for a whole chunk's acks
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 22)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind((0, 0))
         self.seq = 0
         self._done = 0  # the last sequence number answered
@@ -152,9 +157,12 @@ class Rtnl:
         first = self.seq - len(pending) + 1
         failure: NetlinkError | None = None
         i = 0
-        while i < len(pending):  # chunks of ~256 KiB stay well inside the socket buffers
+        while i < len(pending):
+            # Chunks stay well inside the socket buffers: at most 256 KiB of requests,
+            # and at most CHUNK of them — each ack costs the receive buffer a whole
+            # skb (~1 KiB), however small the request (1 000 addresses at once overran it)
             j, size = i, 0
-            while j < len(pending) and size < 1 << 18:
+            while j < len(pending) and size < 1 << 18 and j - i < CHUNK:
                 size += len(pending[j][0])
                 j += 1
             self.sock.send(b"".join(msg for msg, _, _ in pending[i:j]))
