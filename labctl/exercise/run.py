@@ -215,9 +215,7 @@ class _Checker:
                 raise Unresolved(f"Service {svc.key} has no ClusterIP (headless or "
                                  "ExternalName): reach its DNS name or its pods")
             if port is None:
-                if not svc.ports:
-                    raise Unresolved(f"Service {svc.key} has no ports")
-                port = svc.ports[0].port
+                port = _first_port(svc, reach.proto)
             return svc.cluster_ip, port, f"ClusterIP of {svc.key}"
         if placeholders.find_pods(self.state, target):
             return find_pod(self.state, target).ip, self.need_port(port, target), ""
@@ -228,9 +226,8 @@ class _Checker:
         if not ip:
             raise Unresolved(f"DNS: {how}")
         if port is None:  # a Service's name: its first port, as for the Service itself
-            svc = next((s for s in self.state.services if s.cluster_ip == ip and s.ports),
-                       None)
-            port = svc.ports[0].port if svc else None
+            svc = next((s for s in self.state.services if s.cluster_ip == ip), None)
+            port = _first_port(svc, reach.proto) if svc else None
         return ip, self.need_port(port, target), how
 
     def port(self, reach: Reach) -> int | None:
@@ -384,6 +381,14 @@ class _Checker:
             if lines else "(no output)"
         observed = "; ".join(problems) if problems else f"exit {proc.returncode}"
         return Result(check, not problems, expected, observed, shown)
+
+
+def _first_port(svc: ServiceState, proto: str) -> int:
+    """The Service's first port of protocol `proto` (a reach check's default port)."""
+    ports = [p.port for p in svc.ports if p.protocol.lower() == proto]
+    if not ports:
+        raise Unresolved(f"Service {svc.key} has no {proto.upper()} port: give port:")
+    return ports[0]
 
 
 def _command_expectation(spec: Command) -> str:
