@@ -74,6 +74,7 @@ class Agent:
         self.runtime = Runtime()
         self.syncs: dict[str, sync.NodeSync] | None = None  # None: derive on first use
         self.last_timings: dict[str, float] = {}  # the last converge's phases (seconds)
+        self.frozen_ready: dict[str, bool] = {}  # terminating pods: readiness at the end
         self.containers: dict[str, list[dict[str, Any]]] = {}  # pod host's last answer
         self.starting: set[str] = set()  # pods whose containers the pod host is starting
         self.probes: dict[str, PodProbes] = {}
@@ -223,6 +224,8 @@ class Agent:
         passing (a pod being started is not ready yet)."""
         if key in self.starting:
             return False
+        if key in self.frozen_ready and not self.frozen_ready[key]:
+            return False  # its probes stopped while it was not ready
         states = self.containers.get(key)
         if states is None or any(c.get("state") != "Running" for c in states):
             return False
@@ -350,6 +353,10 @@ class Agent:
         return probes
 
     def stop_probes(self, key: str) -> None:
+        """Stop a pod's probes (it is terminating or gone); its Ready condition stays
+        what they last said — a pod that never became ready does not turn serving."""
+        if key in self.probes:
+            self.frozen_ready[key] = self.pod_ready(key)
         probes = self.probes.pop(key, None)
         if probes is not None:
             probes.stop()
@@ -559,6 +566,7 @@ class Agent:
         now = time.time()
         for k in added + revived:
             self.created[k] = now
+            self.frozen_ready.pop(k, None)  # a new pod under an old name: probed afresh
         self.base = new_base
         for k in removed + newly_terminating:
             self.stop_probes(k)
@@ -583,6 +591,7 @@ class Agent:
             synced = await self.resync(wait_dns=False)
         for k in removed:
             self.created.pop(k, None)
+            self.frozen_ready.pop(k, None)
             self.event("Normal", "Deleted", f"pod/{k}", "pod removed")
         self.save_live()
         for k in newly_terminating:

@@ -20,6 +20,7 @@ from labctl.cluster.runtime import Runtime, object_key
 
 if TYPE_CHECKING:
     from labctl.agent.controller import Agent
+    from labctl.cluster.state import ClusterState, PodState
 
 Handler = Callable[["Agent", dict[str, Any]], Awaitable[dict[str, Any]]]
 HANDLERS: dict[str, Handler] = {}
@@ -176,11 +177,26 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
 
             sync.check(replace(new_base, lab=replace(new_base.lab, proxy_mode=switch)))
         new_base = replace(new_base, lab=replace(new_base.lab, proxy_mode=mode_now))
+        respec = respecified(agent.base, new_base)
+        refused = [p for p in respec if p.owner is None]
+        if refused:  # as the API server: a running pod's spec is immutable
+            return _immutable(refused)
+        rolled = [p.key for p in respec if p.owner is not None]
+        if rolled:
+            # A StatefulSet's template changed: its pods are replaced under their own
+            # names, each terminating gracefully and coming back with the new spec (its
+            # rolling update does it one pod at a time; here they go together).
+            runtime = runtime.with_terminating(rolled)
+            try:
+                new_base, runtime = agent.compile(runtime, topology)
+            except UserError as e:
+                return {"userError": e.format(), "exitCode": e.exit_code}
+            new_base = replace(new_base, lab=replace(new_base.lab, proxy_mode=mode_now))
         changes = object_changes(old, topology)
-        created, deleted, changed = pod_changes(agent.base, new_base)
+        created, deleted, _relabelled = pod_changes(agent.base, new_base)
         result: dict[str, Any] = {
             "changes": changes, "created": created,
-            "terminating": sorted(set(deleted) | set(changed)),
+            "terminating": sorted(set(deleted) | set(rolled)),
             "proxyMode": [mode_now, switch] if switch else None,
             "warnings": [d.format() for d in warnings if d.severity == "warning"],
             "timings": clock.ms}
@@ -213,6 +229,36 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
             clock.mark("proxy-mode")
     log.info("apply: %s", clock.summary())
     return result
+
+
+def respecified(old: ClusterState, new: ClusterState) -> list[PodState]:
+    """Running pods (in both, terminating in neither) whose spec `new` changes. A change
+    of container images or of terminationGracePeriodSeconds does not count: the API
+    server allows those on a running pod, and labctl runs no images."""
+    from dataclasses import replace
+
+    def essence(pod: PodState) -> Any:
+        spec = pod.spec
+        return replace(spec, termination_grace_period_seconds=0, containers=tuple(
+            replace(c, image="") for c in spec.containers))
+
+    before = {p.key: p for p in old.pods if not p.terminating}
+    return [p for p in new.pods if not p.terminating and p.key in before
+            and essence(before[p.key]) != essence(p)]
+
+
+def _immutable(pods: list[PodState]) -> dict[str, Any]:
+    """The apply refused: bare pods whose spec the files change."""
+    from labctl.errors import Diagnostic, UserError
+
+    error = UserError([Diagnostic(
+        "error", p.source.at("spec") if p.source else None, f"Pod {p.key}: spec",
+        "a running pod's spec cannot change (the API server forbids it; only container "
+        "images and a few other fields may)",
+        f"delete it first (`labctl delete pod {p.name}`), then apply; or let a "
+        "Deployment or StatefulSet own it, whose pods are replaced when their template "
+        "changes") for p in pods])
+    return {"userError": error.format(), "exitCode": error.exit_code}
 
 
 def _replicas_changed(old: Any, new: Any) -> set[str]:

@@ -8,6 +8,7 @@ starts) — the lesson's point about DNS versus env-var discovery.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from labctl.testing.runner import labctl, netns_exec
@@ -147,3 +148,67 @@ def test_apply_bad_files_change_nothing(tmp_path: Path) -> None:
         assert pod_names("") == before
     finally:
         labctl("down", LAB)
+
+
+def test_apply_a_changed_pod_spec(tmp_path: Path) -> None:
+    """A StatefulSet's new template replaces its pods under their own names; a bare
+    pod's spec cannot change (the API server refuses), but its labels can."""
+    name = "it-apply-spec"
+    solo = ("apiVersion: v1\nkind: Pod\nmetadata: {name: solo, labels: {app: solo}}\n"
+            "spec:\n  containers: [{name: c, ports: [{containerPort: 8080}]}]\n")
+    files = join(lab(name), STS, DB_SVC, solo, pod("client"))
+    path = write_lab(tmp_path, name, files)
+    client = f"lc.{name}.pod.default.client"
+    labctl("up", str(path), "-q")
+    try:
+        def ip_of(pod_name: str) -> str:
+            out = labctl("get", "pods", "-o", "wide", "--lab", name).stdout
+            return next(ln.split()[5] for ln in out.splitlines()
+                        if ln.split()[0] == pod_name and "Running" in ln)
+
+        db0 = ip_of("db-0")
+        assert http_get(client, db0, 5432).pod == "db-0"
+        # the StatefulSet's template: port 5432 → 5433
+        changed = tmp_path / "sts.yaml"
+        changed.write_text(path.read_text().replace("containerPort: 5432",
+                                                    "containerPort: 5433"))
+        out = labctl("apply", "-f", str(changed), "--lab", name).stdout
+        assert "statefulset.apps/db configured" in out
+        assert "pod/db-0 terminating" in out and "pod/db-1 terminating" in out
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # back under their names, with the new spec
+            try:
+                if http_get(client, ip_of("db-0"), 5433).pod == "db-0" and \
+                        http_get(client, ip_of("db-1"), 5433).pod == "db-1":
+                    break
+            except (OSError, StopIteration):
+                pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError("db-0 and db-1 did not come back on port 5433")
+        assert connect_error(client, ip_of("db-0"), 5432)[0] != 0
+
+        # a bare pod's spec: refused, exit 2, the pod untouched
+        respec = tmp_path / "solo.yaml"
+        respec.write_text(changed.read_text().replace("containerPort: 8080",
+                                                      "containerPort: 8081"))
+        refused = labctl("apply", "-f", str(respec), "--lab", name, check=False)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "solo.yaml:" in refused.stderr and "Pod default/solo: spec" in refused.stderr
+        assert "a running pod's spec cannot change" in refused.stderr
+        assert http_get(client, ip_of("solo"), 8080).pod == "solo"
+        # its labels may change: the Service selecting it follows
+        relabel = tmp_path / "labels.yaml"
+        relabel.write_text(changed.read_text().replace(
+            "labels: {app: solo}", "labels: {app: solo, tier: front}") + "---\n"
+            + service("front", "front", 80, 8080).replace("app: front", "tier: front"))
+        out = labctl("apply", "-f", str(relabel), "--lab", name).stdout
+        assert "terminating" not in out
+        vip = dig_in(client, "front.default.svc.cluster.local")
+        assert http_get(client, vip, 80).pod == "solo"
+    finally:
+        labctl("down", name)
+
+
+def dig_in(ns: str, fqdn: str) -> str:
+    return netns_exec(ns, ["dig", "+short", "+time=2", fqdn]).stdout.split()[0]

@@ -656,3 +656,36 @@ def netns_names() -> list[str]:
     return [line.split()[0] for line in
             subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                            check=True).stdout.splitlines() if line.strip()]
+
+
+def test_a_never_ready_pod_terminates_not_serving(tmp_path: Path) -> None:
+    """EndpointSlice conditions of a terminating pod keep its readiness: one whose
+    readiness probe never passed is terminating and not serving (upstream: serving is
+    the pod's Ready condition), and a ready one is terminating and serving."""
+    name = "it-live-term"
+    # a server that ignores SIGTERM: the pod stays terminating for its grace period
+    never = ("apiVersion: v1\nkind: Pod\nmetadata: {name: never, labels: {app: t}}\nspec:\n"
+             "  terminationGracePeriodSeconds: 30\n  containers:\n"
+             "    - name: c\n      ports: [{containerPort: 8080}]\n"
+             "      command: [sh, -c, \"trap '' TERM; exec python3 -m http.server 8080\"]\n"
+             "      readinessProbe: {tcpSocket: {port: 9999}, periodSeconds: 1}\n")
+    fine = never.replace("name: never", "name: fine").replace("port: 9999", "port: 8080")
+    path = write_lab(tmp_path, name, join(lab(name), never, fine, service("t", "t", 80, 8080)))
+    labctl("up", str(path), "-q")
+    try:
+        def conditions() -> dict[str, dict[str, bool]]:
+            items = json.loads(labctl("get", "endpointslices", "-o", "json", "--lab",
+                                      name).stdout)["items"]
+            return {ep["targetRef"]["name"]: ep["conditions"] for s in items
+                    if s["metadata"]["labels"].get("kubernetes.io/service-name") == "t"
+                    for ep in s.get("endpoints", [])}
+
+        eventually("fine ready", lambda: conditions().get("fine", {}).get("ready"))
+        assert conditions()["never"]["ready"] is False
+        for pod_name in ("never", "fine"):
+            labctl("delete", "pod", pod_name, "--no-wait", "--lab", name)
+        now = conditions()
+        assert now["never"] == {"ready": False, "serving": False, "terminating": True}, now
+        assert now["fine"] == {"ready": False, "serving": True, "terminating": True}, now
+    finally:
+        labctl("down", name)
