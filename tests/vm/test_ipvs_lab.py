@@ -183,6 +183,21 @@ def test_clusterip_from_a_pod_round_robin(lab: Lab) -> None:
     assert f"client={lab.pods['client']['status']['podIP']}:" in proc.stdout
 
 
+def test_trace_in_ipvs_mode(lab: Lab) -> None:
+    """`labctl trace` in IPVS mode: the probe connects and arrives at a web pod; the
+    walk says IPVS translates in its own hooks, and conntrack shows the translation."""
+    proc = labctl("trace", "client", "web", "-o", "json", "--lab", LAB, timeout=600)
+    doc = json.loads(proc.stdout)
+    assert doc["proxyMode"] == "ipvs" and doc["destination"]["ip"] == lab.vip("web")
+    assert doc["outcome"]["result"] == "connected", doc["outcome"]
+    assert doc["request"]["result"] == "arrived", doc["request"]
+    assert any("IPVS mode: the translation" in n for n in doc["notes"]), doc["notes"]
+    node = lab.pods["client"]["spec"]["nodeName"]
+    assert any(lab.vip("web") in e for e in doc["conntrack"][node]), doc["conntrack"]
+    text = labctl("trace", "client", "web", "--lab", LAB, timeout=600).stdout
+    assert "IPVS" in text and "arrived" in text, text
+
+
 def diagnostics(lab: Lab) -> str:
     """What the nodes' IPVS and conntrack hold, and the agent's last words."""
     out = []
