@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 from labctl.agent import control
 from labctl.cluster.compile import compile_files, initial_readiness, with_readiness
@@ -162,10 +163,23 @@ def down(lab: str) -> int:
     return take_down(lab).namespaces
 
 
-def take_down(lab: str, progress: Progress | None = None) -> DownResult:
-    """Take a lab down (idempotent), timing each step and reporting it to `progress`."""
+@overload
+def take_down(lab: str, progress: Progress | None = None) -> DownResult: ...
+
+
+@overload
+def take_down(lab: str, progress: Progress | None = None, *,
+              only_if: Callable[[], bool] | None) -> DownResult | None: ...
+
+
+def take_down(lab: str, progress: Progress | None = None, *,
+              only_if: Callable[[], bool] | None = None) -> DownResult | None:
+    """Take a lab down (idempotent), timing each step and reporting it to `progress`.
+    `only_if`: asked once the lab's lock is held; False leaves the lab be (None)."""
     timings = Timings(progress)
     with store.locked(lab):
+        if only_if is not None and not only_if():
+            return None
         rec = store.load(lab)
         owned = inventory.lab_namespaces().get(lab, [])
         if (rec is None and not owned and not os.path.isdir(store.state_dir(lab))
@@ -188,32 +202,41 @@ class LabStatus:
 
 def statuses() -> list[LabStatus]:
     owned = inventory.lab_namespaces()
-    out = []
-    for lab in sorted(set(owned) | set(store.known_labs()) | etcnetns.owners()):
-        rec = store.load(lab)
-        pid = control.agent_pid(store.state_dir(lab)) if rec else None
-        count = len(owned.get(lab, []))
-        if rec is None:
-            status = "leftover"
-        elif rec.status == "creating":
-            status = "creating" if store.pid_alive(rec.up_pid) else "broken"
-        elif count == 0:
-            status = "kernel-gone"
-        elif pid is None:
-            status = "agent-dead"
-        else:
-            status = "up"
-        out.append(LabStatus(lab, status, count, pid, rec.created if rec else 0.0, rec))
-    return out
+    return [status_of(lab, owned.get(lab, []))
+            for lab in sorted(set(owned) | set(store.known_labs()) | etcnetns.owners())]
+
+
+def status_of(lab: str, namespaces: list[str] | None = None) -> LabStatus:
+    """One lab's health (`namespaces`: its marked namespaces, if already listed)."""
+    rec = store.load(lab)
+    pid = control.agent_pid(store.state_dir(lab)) if rec else None
+    count = len(namespaces if namespaces is not None
+                else inventory.lab_namespaces().get(lab, []))
+    if rec is None:
+        status = "leftover"
+    elif rec.status == "creating":
+        status = "creating" if store.pid_alive(rec.up_pid) else "broken"
+    elif count == 0:
+        status = "kernel-gone"
+    elif pid is None:
+        status = "agent-dead"
+    else:
+        status = "up"
+    return LabStatus(lab, status, count, pid, rec.created if rec else 0.0, rec)
 
 
 def clean(everything: bool = False) -> list[tuple[str, int]]:
-    """Remove what crashed labs left behind (with `everything`, every lab). Idempotent."""
+    """Remove what crashed labs left behind (with `everything`, every lab). Idempotent.
+    A lab is judged again under its lock before it goes: one that a command was busy
+    with (an `up` finishing, an agent being restarted) and that is healthy now stays."""
     removed = []
     for st in statuses():
         if st.status in ("up", "creating") and not everything:
             continue
-        removed.append((st.name, down(st.name)))
+        done = take_down(st.name, only_if=None if everything else
+                         lambda lab=st.name: status_of(lab).status not in ("up", "creating"))
+        if done is not None:
+            removed.append((st.name, done.namespaces))
     return removed
 
 

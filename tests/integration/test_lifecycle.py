@@ -167,6 +167,40 @@ def test_down_with_the_agent_killed_still_ends_everything(tmp_path: Path) -> Non
     assert processes_in(inodes) == []
 
 
+def test_clean_judges_a_lab_again_once_it_holds_its_lock(tmp_path: Path) -> None:
+    """`clean` found the lab's agent dead while a command held the lab's lock; by the
+    time clean gets the lock the agent runs again: the healthy lab stays."""
+    from labctl.agent import control
+    from labctl.lab import store
+
+    name = "it-clean-race"
+    path = write_lab(tmp_path, name, lab_yaml(name, 1))
+    labctl("up", str(path), "-q")
+    try:
+        sdir = names.state_dir(name)
+        with store.locked(name):  # a command busy with the lab, e.g. `agent restart`
+            agent = control.agent_pid(sdir)
+            assert agent is not None
+            os.kill(agent, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while control.agent_pid(sdir) is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            cleaner = subprocess.Popen(labctl_argv("clean"), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+            time.sleep(1.5)  # it judged the lab (AGENT-DEAD) and waits for the lock
+            assert cleaner.poll() is None, cleaner.communicate()
+            control.start_agent(sdir)  # the busy command brings the agent back
+        out, err = cleaner.communicate(timeout=60)
+        assert cleaner.returncode == 0, err
+        assert name not in out, out
+        assert inventory.lab_namespaces().get(name), "clean took the healthy lab down"
+        assert " UP " in next(ln for ln in labctl("status").stdout.splitlines()
+                              if ln.startswith(name + " "))
+    finally:
+        labctl("down", name)
+    assert_gone(name)
+
+
 def test_a_kernel_refusal_halfway_undoes_the_namespaces_already_made() -> None:
     """The executor on a plan whose last step the kernel refuses (a real failure)."""
     from dataclasses import replace
