@@ -184,14 +184,14 @@ class _Checker:
         try:
             ns, pod_ns = self.client_netns(client)
             ip, port, how = self.address(reach, target, ns, pod_ns)
+            probe = probes.tcp if reach.proto == "tcp" else probes.udp
+            outcomes = [probe(ns, ip, port, reach.timeout) for _ in range(reach.count)]
         except Unresolved as exc:
             return Cell(client, target, "", expected, "error", False, detail=str(exc))
-        probe = probes.tcp if reach.proto == "tcp" else probes.udp
-        try:
-            outcomes = [probe(ns, ip, port, reach.timeout) for _ in range(reach.count)]
         except OSError as exc:  # the client's namespace went away (a pod replaced)
             return Cell(client, target, "", expected, "error", False,
-                        detail=f"cannot probe from {client}: {exc.strerror or exc}")
+                        detail=f"cannot probe from {client}: {exc.strerror or exc} "
+                               "(was the pod replaced meanwhile? run the check again)")
         address = f"{ip}:{port}/{reach.proto}"
         return judge(reach, client, target, address, outcomes, how)
 
