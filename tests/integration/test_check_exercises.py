@@ -82,6 +82,16 @@ def check_until(args: list[str], rc: int, seconds: float = SETTLE
         time.sleep(1.0)
 
 
+def settled(lab: str, seconds: float = SETTLE) -> None:
+    """Wait until no pod of the lab is terminating or being created."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        rows = labctl("get", "pods", "-A", "--lab", lab).stdout.splitlines()[1:]
+        if not any(w in row for row in rows for w in ("Terminating", "ContainerCreating")):
+            return
+        time.sleep(0.5)
+
+
 def ck_labs() -> set[str]:
     from labctl.lab import store
     from labctl.net import inventory
@@ -129,6 +139,7 @@ def test_exercise_passes_solved_and_fails_broken(folder: Path, tmp_path: Path,
     assert "FAIL" not in out
 
     labctl("apply", "-f", str(copy / "broken.yaml"), "--lab", lab)
+    settled(lab)  # replaced pods gone and their successors started: a stable broken state
     rc, out, err = check_until([str(copy), "--lab", lab], 1)
     assert rc == 1, f"{folder.name}'s broken.yaml breaks no check:\n{out}{err}"
     failed = [line.split("FAIL", 1)[1].strip() for line in out.splitlines()
