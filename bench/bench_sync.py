@@ -88,7 +88,7 @@ def bare(argv: list[str], payload: str) -> float:
 
 def bare_ipvs(update: Any) -> float:
     """IPVS mode's floor: the tools alone making the same change — kube-ipvs0 and its
-    addresses (`ip -batch`), `ipset restore`, `ipvsadm-restore`, `iptables-restore`."""
+    addresses (`ip -batch`), `ipset restore`, `ipvsadm -R`, `iptables-restore`."""
     t = time.perf_counter()
     batch = [f"link add {ipvs_render.DUMMY_DEVICE} type dummy"] if update.full else []
     batch += [f"addr add {ip}/32 dev {ipvs_render.DUMMY_DEVICE}" for ip in update.addresses_add]
@@ -97,8 +97,8 @@ def bare_ipvs(update: Any) -> float:
     if update.ipset:
         bare(list(ipvs_net.IPSET_RESTORE), update.ipset)
     lines = update.ipvsadm_lines()
-    if lines:
-        bare(["ipvsadm-restore"], "\n".join(lines) + "\n")
+    if lines:  # -R, not the ipvsadm-restore script: it clears the table first
+        bare(["ipvsadm", "-R"], "\n".join(lines) + "\n")
     if update.iptables:
         bare(["iptables-restore", "--noflush"], update.iptables)
     return time.perf_counter() - t

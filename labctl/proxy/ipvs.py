@@ -270,7 +270,8 @@ class IpvsUpdate:
                     or self.rs_del or self.ipset or self.iptables)
 
     def ipvsadm_lines(self) -> list[str]:
-        """The IPVS changes as ipvsadm-restore lines, in the order they are made."""
+        """The IPVS changes as `ipvsadm -R` lines, in the order they are made (not for
+        `ipvsadm-restore`: that script clears every virtual server first)."""
         out = [vs.save_line() for vs in self.vs_add]
         out += [vs.save_line("-E") for vs in self.vs_edit]
         out += [rs.save_line(vs) for vs, rs in self.rs_add]
