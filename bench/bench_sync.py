@@ -213,6 +213,8 @@ def main() -> int:
     results: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in variants}
     changes: dict[str, dict[str, float]] = {}
     try:
+        if "ipvs" in variants:  # the kernel loads ip_vs, its scheduler and ipset's
+            measure("ipvs", *services(1))  # modules on first use: not a sync's cost
         for n in sizes:
             svcs, slices = services(n)
             for variant in variants:
