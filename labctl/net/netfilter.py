@@ -3,7 +3,9 @@
 Like kube-proxy, rulesets go in atomically: one `iptables-restore --noflush` or one
 `nft -f -` per node. The tool runs as a child forked from a thread that has entered the
 node's namespace, so it acts there (a child inherits its parent thread's namespaces)
-and no `ip netns exec` process is needed. The host's own firewall is never touched.
+and no `ip netns exec` process is needed; `nft -f -` runs in-process through
+libnftables (net/libnft) where the library is found. The host's own firewall is never
+touched.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from labctl.errors import CapabilityError, LabctlError
-from labctl.net import netns
+from labctl.net import libnft, netns
 
 BACKENDS = ("nft", "legacy")
 
@@ -62,6 +64,7 @@ def run_in(ns: str, argv: Sequence[str], stdin: str | None = None,
 
 
 RESTORE_FLAGS = ("--noflush", "--counters", "-w")  # kube-proxy's, plus waiting for the lock
+NFT_LOAD = ["nft", "-f", "-"]  # kube-proxy's nftables load (libnftables in-process here)
 
 
 class Loads:
@@ -71,38 +74,46 @@ class Loads:
     its own thread, so no node waits for another's input, as each node's kube-proxy."""
 
     def __init__(self) -> None:
-        self._started: list[tuple[str, Sequence[str], subprocess.Popen[str],
-                                  threading.Thread]] = []
+        self._started: list[tuple[str, threading.Thread]] = []
         self._results: list[tuple[str, float]] = []
 
     def start(self, ns: str, argv: Sequence[str], payload: str) -> None:
-        with netns.entered(ns):
-            proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        """Start one load; `nft -f -` runs in-process (libnftables) where it can."""
         index = len(self._results)
         self._results.append(("", 0.0))
         t = time.perf_counter()
+        if list(argv) == NFT_LOAD and libnft.available():
+            def feed() -> None:  # the thread enters `ns` itself (see libnft)
+                error = libnft.run(ns, payload)
+                self._results[index] = (error and f"libnftables in {ns} failed: {error}",
+                                        time.perf_counter() - t)
+        else:
+            with netns.entered(ns):
+                proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True)
 
-        def feed() -> None:
-            _stdout, stderr = proc.communicate(payload)
-            self._results[index] = (stderr, time.perf_counter() - t)
+            def feed() -> None:
+                _stdout, stderr = proc.communicate(payload)
+                self._results[index] = (
+                    proc.returncode and f"{argv[0]} in {ns} failed (exit {proc.returncode}): "
+                    f"{stderr.strip()}", time.perf_counter() - t)
 
         thread = threading.Thread(target=feed, name="load")
         thread.start()
-        self._started.append((ns, argv, proc, thread))
+        self._started.append((argv[0], thread))
 
     def wait(self) -> list[Loaded]:
         """Every tool's result, in the order started; the first failure raised (after
         all have finished)."""
         out = []
         failure = None
-        for index, (ns, argv, proc, thread) in enumerate(self._started):
+        for index, (tool, thread) in enumerate(self._started):
             thread.join()
-            stderr, secs = self._results[index]
-            out.append(Loaded(argv[0], secs))
-            if proc.returncode != 0 and failure is None:
-                failure = NetfilterError(f"{argv[0]} in {ns} failed (exit {proc.returncode}): "
-                                         f"{stderr.strip()[:2000]}")
+            error, secs = self._results[index]
+            out.append(Loaded(tool, secs))
+            if error and failure is None:
+                failure = NetfilterError(error[:2000])
         if failure:
             raise failure
         return out
@@ -144,8 +155,14 @@ def iptables_commands(ns: str, rules: Sequence[Sequence[str]], backend: str,
 
 
 def load_nft(ns: str, payload: str) -> Loaded:
+    """One `nft -f -` in a namespace (in-process through libnftables where it can)."""
     t = time.perf_counter()
-    run_in(ns, ["nft", "-f", "-"], stdin=payload)
+    if libnft.available():
+        error = libnft.run(ns, payload)
+        if error:
+            raise NetfilterError(f"libnftables in {ns} failed: {error[:2000]}")
+    else:
+        run_in(ns, NFT_LOAD, stdin=payload)
     return Loaded("nft", time.perf_counter() - t)
 
 

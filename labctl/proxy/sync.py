@@ -276,7 +276,7 @@ def sync_nodes(state: ClusterState, previous: dict[str, Previous] | None = None,
         argv = [netfilter.iptables_binary(iptables_backend(state), "iptables-restore"),
                 *netfilter.RESTORE_FLAGS]
     else:
-        argv = ["nft", "-f", "-"]
+        argv = netfilter.NFT_LOAD
     rendered = []
     loads = netfilter.Loads()  # each node's tool starts as soon as its rules are rendered
     try:
