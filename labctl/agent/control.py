@@ -12,17 +12,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
 import socket
-import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labctl.agent import procfs
 from labctl.agent.paths import PODHOST_STARTING_ENV, READY_FD_ENV, StatePaths, log_path
 from labctl.errors import LabctlError
+
+if TYPE_CHECKING:  # the client side (`labctl apply`) never starts a process
+    import subprocess
 
 __all__ = ["agent_pid", "kill_lab_processes", "log_path", "podhost_pid", "request",
            "start_agent", "start_podhost", "status", "stop_agent", "stop_role"]
@@ -31,7 +32,7 @@ MODULES = {"agent": "labctl.agent", "podhost": "labctl.agent.podhost"}
 NAMES = {"agent": "agent", "podhost": "pod host"}
 
 # Agents this process started: polled to reap them, so they never linger as zombies.
-_children: dict[int, subprocess.Popen] = {}
+_children: dict[int, subprocess.Popen[bytes]] = {}
 WORKLOAD_GRACE = 2.0
 
 
@@ -117,7 +118,7 @@ def start(state_dir: str, role: str, timeout: float = 30.0) -> int:
     return _finish(_spawn(state_dir, role), timeout)
 
 
-Spawned = tuple[StatePaths, subprocess.Popen, int]
+Spawned = tuple[StatePaths, "subprocess.Popen[bytes]", int]
 
 
 def _spawn(state_dir: str, role: str, extra_env: dict[str, str] | None = None) -> Spawned:
@@ -130,6 +131,8 @@ def _spawn(state_dir: str, role: str, extra_env: dict[str, str] | None = None) -
     if running is not None:
         raise LabctlError(f"a {name} (pid {running}) is already running for {state_dir}; "
                           f"stop it first")
+    import subprocess
+
     env = dict(os.environ)
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
@@ -177,6 +180,8 @@ def _finish(spawned: Spawned, timeout: float) -> int:
 
 def _read_ready(fd: int, timeout: float) -> tuple[str, str]:
     """("ready"|"error", text) from the pipe; ("eof", "") or ("timeout", "") otherwise."""
+    import select
+
     deadline = time.monotonic() + timeout
     data = b""
     while True:
@@ -207,13 +212,15 @@ def _tail(path: str, lines: int = 5) -> str:
     return " | ".join(text.strip().splitlines()[-lines:])
 
 
-def _abort(paths: StatePaths, proc: subprocess.Popen, signal_now: bool) -> None:
+def _abort(paths: StatePaths, proc: subprocess.Popen[bytes], signal_now: bool) -> None:
     """After a failed start: the process must be gone, and anything it started.
 
     One that reported an error undoes its own start-up and exits; one that timed out is
     told to (SIGTERM), and killed when it does not. A failed agent takes the pod host it
     started with it.
     """
+    import subprocess
+
     for sig in ((signal.SIGTERM,) if signal_now else (None, signal.SIGTERM)) + (signal.SIGKILL,):
         if sig is not None and proc.poll() is None:
             proc.send_signal(sig)

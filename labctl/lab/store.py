@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 import pickle
-import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -87,6 +86,8 @@ def known_labs() -> list[str]:
 
 def create(lab: str, files: Sequence[str]) -> LabRecord:
     """Make the state dir with a copy of the manifests; the record says "creating"."""
+    import shutil
+
     root = state_dir(lab)
     os.makedirs(root, mode=0o755, exist_ok=False)
     copies = os.path.join(root, MANIFESTS)
@@ -115,6 +116,8 @@ def manifest_copies(lab: str) -> list[str]:
 
 
 def remove(lab: str) -> None:
+    import shutil
+
     shutil.rmtree(state_dir(lab), ignore_errors=True)
 
 
@@ -238,6 +241,8 @@ def files_proxy_mode(lab: str) -> str:
 
 def replace_manifests(lab: str, files: Sequence[str]) -> None:
     """Swap the lab's copy of its manifests for new files (what `apply` was given)."""
+    import shutil
+
     root = state_dir(lab)
     fresh = os.path.join(root, MANIFESTS + ".new")
     shutil.rmtree(fresh, ignore_errors=True)
