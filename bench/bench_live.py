@@ -21,24 +21,24 @@ tests: figures and ratios are printed, the exit code does not depend on them):
      until ready. At least 1 000 requests; every one must succeed. Prints failures and
      p50/p99 latency.
  (c) `labctl apply` of a one-Service change (a Service created, its port changed, it
-     deleted) to a 100-pod lab: the library call (labctl.lab.lifecycle.apply) and the
-     CLI process, wall time, target ≤ 100 ms (median); then where the time goes: a
-     cProfile of the library call, `python -X importtime` and a cProfile of the CLI
-     process, and a cProfile of the agent's apply requests; and what the slow calls
-     would cost done the cheaper way (json.dumps, libyaml), timed on the lab's own files.
+     deleted) to a 100-pod lab, in iptables and in nftables mode: the library call
+     (labctl.lab.lifecycle.apply: the round trip to the agent, which compiles, converges
+     every node and replies) and the whole CLI process, wall time, target ≤ 100 ms
+     (median); the agent's own account of each apply's phases (load, compile, record,
+     converge: kernel / rules / state) and the CLI's floor (Python's start, imports).
 
 Lab names start with `bench-`; every lab is taken down at the end, whatever happens. All
 traffic goes to addresses inside the labs' own namespaces.
 
     python bench/bench_live.py [--trials 20] [--modes iptables,nftables]
                                [--requests 1000] [--rounds 4] [--only a,b,c]
+                               [--apply-modes iptables,nftables]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
 import io
 import json
 import math
@@ -51,7 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -100,10 +100,10 @@ def live_lab() -> str:
     return manifests.join(*docs)
 
 
-def apply_lab(variant: str) -> str:
+def apply_lab(variant: str, mode: str = "iptables") -> str:
     """100 pods (4 Deployments of 25) behind 8 Services; `variant` is the one-Service
     change: "base", "added" (svc-extra created) or "changed" (its port changed)."""
-    docs = [manifests.lab(APPLY_LAB, nodes=3)]
+    docs = [manifests.lab(APPLY_LAB, nodes=3, proxyMode=mode)]
     docs += [manifests.deployment(f"web{i}", 25) for i in range(4)]
     docs += [manifests.service(f"svc-{i}", f"web{i % 4}", 80, 8080) for i in range(8)]
     if variant != "base":
@@ -639,275 +639,58 @@ def resync_breakdown(path: str) -> list[str]:
     return out
 
 
-def agent_breakdown(path: str, applies: int) -> list[str]:
-    """ms per apply in the profiled agent. Coroutines count the time they run, not the
-    time they wait (the pod host's DNS reload is a wait; so is converge, which runs in a
-    worker thread: its own profile is merged in)."""
-    stats = agent_stats(path)
-    parts = [
-        ("op apply (whole request in the agent)", ("agent/ops.py:apply",)),
-        ("  compile_lab (load manifests + compile)", ("lab/store.py:compile_lab",)),
-        ("    load_topology", ("model/load.py:load_topology",)),
-        ("    compile_state", ("cluster/compile.py:compile_state",)),
-        ("  converge_to (without its waits)", ("agent/controller.py:converge_to",)),
-        ("    resync (without its waits)", ("agent/controller.py:resync",)),
-        ("      converge (worker thread, awaited)", ("lab/converge.py:converge",)),
-        ("        plan render ×2 (old, new)", ("plan/render.py:render",)),
-        ("        net apply_changes (kernel diff)", ("net/apply.py:apply_changes",)),
-        ("        sync_nodes (render + load)", ("proxy/sync.py:sync_nodes",)),
-        ("          render_sync (all nodes)", ("proxy/sync.py:render_sync",)),
-        ("          load_many (tools, parallel)", ("net/netfilter.py:load_many",)),
-        ("        save_state", ("lab/store.py:save_state",)),
-        ("      with_readiness", ("cluster/compile.py:with_readiness",)),
-        ("      _endpoint_changes", ("agent/controller.py:_endpoint_changes",)),
-        ("      save_live", ("agent/controller.py:save_live",)),
-        ("    write_workloads", ("agent/controller.py:write_workloads",)),
-        ("      workloads_document", ("lab/workloads.py:workloads_document",)),
-        ("      json.dump (pure-Python encoder)", ("json/__init__.py:dump",)),
-    ]
-    out = [f"    {cum_ms(stats, applies, *names):8.1f} ms  {label}" for label, names in parts]
-    out.append(f"    top functions by own time (all {applies} applies):")
-    out += top_functions(stats, 14, exclude=("'poll' of", "cProfile"))
-    return out
-
-
-def importtime(argv: list[str]) -> list[tuple[float, str]]:
-    err = run([sys.executable, "-X", "importtime", *argv], check=False).stderr
-    out = []
-    for line in err.splitlines():
-        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
-        if m and len(m.group(3)) <= 1:  # modules imported at top level by the program
-            out.append((int(m.group(2)) / 1000, m.group(4)))
-    return sorted(out, reverse=True)
-
-
-@contextlib.contextmanager
-def timed_parts(record: dict[str, float]) -> Iterator[None]:
-    """Time, without a profiler, the parts lifecycle.apply is made of (it imports them at
-    call time, so wrapping the module attributes here reaches it); the agent's reply
-    says how long its converge took ("ms") and each node's render+load ("synced")."""
-    import labctl.agent.control as ctl
-    import labctl.cluster.compile as comp
-    import labctl.model.load as load
-
-    def wrap(module: Any, name: str, label: str) -> Callable[..., Any]:
-        real = getattr(module, name)
-
-        def timed(*a: Any, **kw: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                out = real(*a, **kw)
-            finally:
-                record[label] = record.get(label, 0.0) + (time.perf_counter() - t) * 1000
-            if label == "request" and isinstance(out, dict):
-                record["agent converge"] = float(out.get("ms", 0.0))
-                record["slowest node"] = max(out.get("synced", {}).values(), default=0.0)
-            return out
-
-        setattr(module, name, timed)
-        return real
-
-    saved = [(ctl, "request", wrap(ctl, "request", "request")),
-             (comp, "compile_state", wrap(comp, "compile_state", "compile_state")),
-             (load, "load_topology", wrap(load, "load_topology", "load_topology"))]
-    try:
-        yield
-    finally:
-        for module, name, real in saved:
-            setattr(module, name, real)
-
-
-def best_ms(fn: Callable[[], object], runs: int = 5) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return min(times)
-
-
-def what_ifs(lab: str) -> list[tuple[str, float, float]]:
-    """Two costs in an apply, each against the cheaper call that gives the same result
-    (measured here on the lab's own files; best of 5): (what, now ms, cheaper ms)."""
-    import yaml
-
-    out = []
-    sdir = store.state_dir(lab)
-    with open(os.path.join(sdir, "workloads.json")) as f:
-        doc = json.load(f)
-    path = os.path.join(sdir, "bench-what-if.json")
-    try:
-        def dump() -> None:
-            with open(path, "w") as f:
-                json.dump(doc, f)  # as Agent.write_workloads: the pure-Python encoder
-
-        def dumps() -> None:
-            with open(path, "w") as f:
-                f.write(json.dumps(doc))  # one shot: the C encoder, the same bytes
-
-        out.append(("workloads.json: json.dump → f.write(json.dumps())", best_ms(dump),
-                    best_ms(dumps)))
-    finally:
-        os.unlink(path)
-    texts = []
-    for copy in store.manifest_copies(lab):
-        with open(copy) as f:
-            texts.append(f.read())
-    if getattr(yaml, "CSafeLoader", None) is not None:
-        def compose(loader: Any) -> Callable[[], None]:
-            return lambda: [list(yaml.compose_all(t, Loader=loader)) for t in texts]
-
-        out.append(("the lab's manifests: yaml.compose_all SafeLoader → CSafeLoader (libyaml; "
-                    "nodes keep line/column marks)", best_ms(compose(yaml.SafeLoader)),
-                    best_ms(compose(yaml.CSafeLoader))))
-    return out
-
-
-def dns_reload_parts(lab: str) -> list[tuple[str, float]]:
-    """What the pod host's `dns` op does (ClusterDns.reload), step by step in this
-    process (best of 5): read the state file, build the zone, precompute every reply."""
-    from labctl.dns.responder import Responder
-    from labctl.dns.zone import Zone
-
-    sdir = store.state_dir(lab)
-    state = store.current_state(sdir)
-    zone = Zone.from_state(state, serial=1)
-    names = len(set(zone.names()))
-    return [("store.current_state (unpickle state.pickle)",
-             best_ms(lambda: store.current_state(sdir))),
-            ("Zone.from_state", best_ms(lambda: Zone.from_state(state, serial=1))),
-            (f"Responder: precompute replies ({names} names)",
-             best_ms(lambda: Responder(zone, forwarding=True)))]
-
-
-def bench_apply(rounds: int) -> dict[str, Any]:
+def bench_apply(mode: str, rounds: int) -> dict[str, Any]:
+    """`rounds` cycles of three one-Service applies (created, port changed, deleted) to a
+    100-pod lab in `mode`: the library call (what `labctl apply` does once started) and
+    the whole CLI process, with the agent's own account of each apply's phases."""
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
         files = {}
         for variant in ("base", *CYCLE[:2]):
             files[variant] = os.path.join(tmp, f"{APPLY_LAB}-{variant}.yaml")
             with open(files[variant], "w") as f:
-                f.write(apply_lab(variant))
-        t = time.perf_counter()
+                f.write(apply_lab(variant, mode))
+        down(APPLY_LAB)
         labctl("up", files["base"], "-q")
-        up_s = time.perf_counter() - t
-        state = store.state_of(APPLY_LAB)
-        print(f"  {APPLY_LAB}: {len(state.pods)} pods, {len(state.services)} Services, up in "
-              f"{up_s:.2f}s", flush=True)
-        wait_ready(APPLY_LAB, [p.key for p in state.pods])
-        first_t = time.perf_counter()
-        first = lifecycle.apply(APPLY_LAB, [files["added"]])
-        first_ms = (time.perf_counter() - first_t) * 1000
-        lifecycle.apply(APPLY_LAB, [files["changed"]])
-        lifecycle.apply(APPLY_LAB, [files["base"]])
-        lib: dict[str, list[float]] = {v: [] for v in CYCLE}
-        cli: dict[str, list[float]] = {v: [] for v in CYCLE}
-        synced: list[float] = []
-        parts: list[dict[str, float]] = []
-        for _ in range(rounds):
-            for variant in CYCLE:
-                record: dict[str, float] = {}
-                with timed_parts(record):
+        try:
+            state = store.state_of(APPLY_LAB)
+            print(f"  {mode}: {len(state.pods)} pods, {len(state.services)} Services",
+                  flush=True)
+            wait_ready(APPLY_LAB, [p.key for p in state.pods])
+            for variant in CYCLE:  # warm-up: the agent's first applies fill its caches
+                lifecycle.apply(APPLY_LAB, [files[variant]])
+            lib: dict[str, list[float]] = {v: [] for v in CYCLE}
+            cli: dict[str, list[float]] = {v: [] for v in CYCLE}
+            phases: list[dict[str, float]] = []
+            for _ in range(rounds):
+                for variant in CYCLE:
+                    time.sleep(0.3)  # the previous apply's DNS reload is done
                     t = time.perf_counter()
                     result = lifecycle.apply(APPLY_LAB, [files[variant]])
-                    record["total"] = (time.perf_counter() - t) * 1000
-                lib[variant].append(record["total"])
-                parts.append(record)
-                if len(result.changes) != 1:
-                    raise SystemExit(f"expected a one-Service change, got {result.changes}")
-                synced.append(max(result.synced.values(), default=0.0))
-        dns_ms = []
-        for _ in range(5):  # what converge now waits for at its end: the DNS reload
-            t = time.perf_counter()
-            control.request(store.state_dir(APPLY_LAB), {"op": "dns"}, 10.0, role="podhost")
-            dns_ms.append((time.perf_counter() - t) * 1000)
-        fixes = what_ifs(APPLY_LAB)
-        dns_parts = dns_reload_parts(APPLY_LAB)
-        outputs = []
-        for _ in range(rounds):
-            for variant in CYCLE:
-                t = time.perf_counter()
-                proc = labctl("apply", "-f", files[variant], "--lab", APPLY_LAB)
-                cli[variant].append((time.perf_counter() - t) * 1000)
-                outputs.append(proc.stdout.strip().splitlines()[0])
-        # floors of the CLI process
-        floors = {}
-        for label, argv in (("python -c pass", [sys.executable, "-c", "pass"]),
-                            ("import labctl.cli.main", [sys.executable, "-c",
-                                                        "import labctl.cli.main"]),
-                            ("labctl --version", [*LABCTL, "--version"])):
-            runs = []
-            for _ in range(5):
-                t = time.perf_counter()
-                run(argv)
-                runs.append((time.perf_counter() - t) * 1000)
-            floors[label] = statistics.median(runs)
-        # where the time goes: the library call under cProfile (one cycle)
-        pr = cProfile.Profile()
-        pr.enable()
-        t = time.perf_counter()
-        for variant in CYCLE:
-            lifecycle.apply(APPLY_LAB, [files[variant]])
-        prof_ms = (time.perf_counter() - t) * 1000 / len(CYCLE)
-        pr.disable()
-        lib_stats = pstats.Stats(pr, stream=io.StringIO())
-        n = len(CYCLE)
-        lib_parts = [
-            ("lifecycle.apply (whole call)", ("lab/lifecycle.py:apply",)),
-            ("  store.state_of (running lab's state, unpickled)", ("lab/store.py:state_of",)),
-            ("  load_topology ×2 (new files, lab's copies)", ("model/load.py:load_topology",)),
-            ("  compile_state (the agent's compile, done first)",
-             ("cluster/compile.py:compile_state",)),
-            ("  object_changes + pod_changes", ("cluster/diff.py:object_changes",
-                                                "cluster/diff.py:pod_changes")),
-            ("  store.replace_manifests", ("lab/store.py:replace_manifests",)),
-            ("  control.agent_pid", ("agent/control.py:agent_pid",)),
-            ("  control.request (the agent's work, waited for)",
-             ("agent/control.py:request",)),
-        ]
-        lib_lines = [f"    {cum_ms(lib_stats, n, *names):8.1f} ms  {label}"
-                     for label, names in lib_parts]
-        lib_lines.append("    top functions by own time (whole profile: 3 applies):")
-        lib_lines += top_functions(lib_stats, 12, exclude=("cProfile", "bench_live.py"))
-        # the CLI process: imports, and a cProfile of it
-        imports = importtime(["-m", "labctl.cli.main", "apply", "-f", files["added"], "--lab",
-                              APPLY_LAB])
-        labctl("apply", "-f", files["base"], "--lab", APPLY_LAB)
-        cli_prof = os.path.join(tmp, "cli.prof")
-        run([sys.executable, "-m", "cProfile", "-o", cli_prof, "-m", "labctl.cli.main",
-             "apply", "-f", files["added"], "--lab", APPLY_LAB])
-        labctl("apply", "-f", files["base"], "--lab", APPLY_LAB)
-        cli_stats = pstats.Stats(cli_prof, stream=io.StringIO())
-        cli_lines = [
-            f"    {cli_stats.total_tt * 1000:8.1f} ms  "  # type: ignore[attr-defined]
-            "the whole process under cProfile (after interpreter start)",
-            f"    {cum_ms(cli_stats, 1, 'lab/lifecycle.py:apply'):8.1f} ms  lifecycle.apply",
-            f"    {cum_ms(cli_stats, 1, 'lab/lifecycle.py:pick_lab'):8.1f} ms  pick_lab",
-            f"    {cum_ms(cli_stats, 1, 'agent/control.py:request'):8.1f} ms  "
-            "control.request (the agent)",
-        ]
-        # the agent's side, profiled
-        agent_prof = os.path.join(tmp, "agent.prof")
-        walls: list[float] = []
-
-        def cycle(record: list[float] | None = None) -> None:
-            for variant in CYCLE:
-                t = time.perf_counter()
-                lifecycle.apply(APPLY_LAB, [files[variant]])
-                if record is not None:
-                    record.append((time.perf_counter() - t) * 1000)
-
-        profiled_agent(APPLY_LAB, "apply", agent_prof, cycle, lambda: cycle(walls))
-        agent_lines = [f"    (library call with the agent profiled: "
-                       f"{statistics.median(walls):.1f} ms per apply)"]
-        agent_lines += agent_breakdown(agent_prof, len(CYCLE))
-        events, _ = read(events_path(APPLY_LAB))
-    resyncs = [float(m.group(1)) for e in events if e.reason == "RulesSynced"
-               and (m := SYNCED.search(e.message))]
-    return {"lib": lib, "cli": cli, "first_ms": first_ms, "parts": parts, "fixes": fixes,
-            "dns_ms": statistics.median(dns_ms), "dns_parts": dns_parts, "first": first.changes,
-            "floors": floors, "synced": synced, "lib_lines": lib_lines, "prof_ms": prof_ms,
-            "imports": imports, "cli_lines": cli_lines, "agent_lines": agent_lines,
-            "outputs": outputs, "resyncs": resyncs}
+                    lib[variant].append((time.perf_counter() - t) * 1000)
+                    if len(result.changes) != 1:
+                        raise SystemExit(f"expected a one-Service change: {result.changes}")
+                    phases.append(result.timings)
+            # the console script users run (python -m would add runpy's start)
+            script = os.path.join(os.path.dirname(sys.executable), "labctl")
+            command = [script] if os.path.exists(script) else LABCTL
+            for _ in range(rounds):
+                for variant in CYCLE:
+                    time.sleep(0.3)
+                    t = time.perf_counter()
+                    run([*command, "apply", "-f", files[variant], "--lab", APPLY_LAB])
+                    cli[variant].append((time.perf_counter() - t) * 1000)
+            floors = {}
+            for label, argv in (("python -c pass", [sys.executable, "-c", "pass"]),
+                                ("labctl apply --help", [*command, "apply", "--help"])):
+                runs = []
+                for _ in range(7):
+                    t = time.perf_counter()
+                    run(argv)
+                    runs.append((time.perf_counter() - t) * 1000)
+                floors[label] = statistics.median(runs)
+        finally:
+            down(APPLY_LAB)
+    return {"mode": mode, "lib": lib, "cli": cli, "phases": phases, "floors": floors}
 
 
 # ---------------------------------------------------------------- main
@@ -919,6 +702,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=4, help="cycles of 3 applies in (c)")
     parser.add_argument("--only", default="a,b,c")
+    parser.add_argument("--apply-modes", default="iptables,nftables",
+                        help="the proxy modes (c) runs in")
     args = parser.parse_args()
     only = set(args.only.split(","))
     if os.geteuid() != 0:
@@ -930,7 +715,7 @@ def main() -> int:
     notes: list[str] = []
     readiness: list[dict[str, Any]] = []
     roll: dict[str, Any] | None = None
-    applied: dict[str, Any] | None = None
+    applied: list[dict[str, Any]] = []
     down(LAB)
     down(APPLY_LAB)
     try:
@@ -960,7 +745,8 @@ def main() -> int:
                 down(LAB)
         if "c" in only:
             print("== (c) labctl apply of a one-Service change to a 100-pod lab")
-            applied = bench_apply(args.rounds)
+            for mode in args.apply_modes.split(","):
+                applied.append(bench_apply(mode, args.rounds))
     finally:
         down(LAB)
         down(APPLY_LAB)
@@ -969,7 +755,7 @@ def main() -> int:
 
 
 def report(readiness: list[dict[str, Any]], roll: dict[str, Any] | None,
-           applied: dict[str, Any] | None, notes: list[str], args: argparse.Namespace) -> None:
+           applied: list[dict[str, Any]], notes: list[str], args: argparse.Namespace) -> None:
     verdicts = []
     print()
     if readiness:
@@ -1033,80 +819,31 @@ def report(readiness: list[dict[str, Any]], roll: dict[str, Any] | None,
                          f"{roll['requests']} succeeded ({len(fails)} failures), p50 "
                          f"{pct(lat, 0.5):.2f} ms, p99 {pct(lat, 0.99):.2f} ms", ok))
         print()
-    if applied is not None:
-        lib, cli = applied["lib"], applied["cli"]
-        lib_all = [x for v in CYCLE for x in lib[v]]
-        cli_all = [x for v in CYCLE for x in cli[v]]
-        print(f"(c) labctl apply of a one-Service change, 100 pods, ms ({args.rounds} rounds "
-              "of: svc-extra created, its port changed, deleted)")
-        print(f"{'':34} {'created':>9} {'changed':>9} {'deleted':>9}   all: {'':40}")
-        for label, d, a in (("library lifecycle.apply, median", lib, lib_all),
-                            ("CLI `labctl apply` process, median", cli, cli_all)):
-            print(f"{label:34} " + " ".join(f"{statistics.median(d[v]):>9.1f}" for v in CYCLE)
-                  + f"   {dist(a)}")
-        print(f"    first library call in this process (imports, caches): "
-              f"{applied['first_ms']:.1f} ms")
-        print(f"    rules per node in the agent (render+load of the slowest node, median): "
-              f"{statistics.median(applied['synced']):.1f} ms")
-        floors = applied["floors"]
-        print("    CLI floors: " + ", ".join(f"{k} {v:.0f} ms" for k, v in floors.items()))
-        cli_med, lib_med = statistics.median(cli_all), statistics.median(lib_all)
-        print(f"    CLI = library {lib_med:.0f} ms + process start & imports "
-              f"{cli_med - lib_med:.0f} ms (ratio CLI/library {cli_med / lib_med:.1f}x)")
-        parts = applied["parts"]
-
-        def med(key: str) -> float:
-            return statistics.median(p.get(key, 0.0) for p in parts)
-
-        client_rest = statistics.median(p["total"] - p.get("request", 0.0)
-                                        - p.get("load_topology", 0.0)
-                                        - p.get("compile_state", 0.0) for p in parts)
-        agent_rest = statistics.median(p.get("request", 0.0) - p.get("agent converge", 0.0)
-                                       for p in parts)
-        conv_rest = statistics.median(p.get("agent converge", 0.0) - p.get("slowest node", 0.0)
-                                      for p in parts)
-        print("  where the library call's time goes, unprofiled (median ms per apply):")
-        for ms, label in (
-                (med("total"), "lifecycle.apply, whole call"),
-                (med("load_topology"), "  load_topology ×2 (the new files; the lab's copies)"),
-                (med("compile_state"), "  compile_state (the agent's compile, done first "
-                                       "to refuse errors)"),
-                (client_rest, "  the rest in the client (state_of, diffs, lock, copies)"),
-                (med("request"), "  control.request: the agent's round trip"),
-                (agent_rest, "    in the agent before converge (compile_lab: load + "
-                             "compile, again)"),
-                (med("agent converge"), "    in the agent: converge_to (reply 'ms')"),
-                (med("slowest node"), "      the slowest node's render+load"),
-                (conv_rest, "      the rest of converge_to (kernel diff, workloads.json, "
-                            "state files, events, DNS)"),
-                (applied["dns_ms"], "        of which the pod host's DNS reload, alone "
-                                    "(op dns, timed from here)")):
-            print(f"    {ms:8.1f} ms  {label}")
-        print("  the DNS reload's steps, redone in this process (best of 5):")
-        for what, ms in applied["dns_parts"]:
-            print(f"    {ms:8.1f} ms  {what}")
-        print("  cheaper calls for the same result (best of 5, ms, one call; labctl parses "
-              "the manifests 3 times per apply: 2 in the client, 1 in the agent):")
-        for what, now, cheaper in applied["fixes"]:
-            print(f"    {now:8.1f} → {cheaper:6.1f} ms  {what}")
-        print(f"  where the library call's time goes (cProfile, ms per apply; "
-              f"{applied['prof_ms']:.1f} ms per apply while profiled):")
-        for line in applied["lib_lines"]:
-            print(line)
-        print("  the agent's side of an apply (cProfile around its apply requests; ms per "
-              "apply):")
-        for line in applied["agent_lines"]:
-            print(line)
-        print("  the CLI process (cProfile of `python -m labctl.cli.main apply`):")
-        for line in applied["cli_lines"]:
-            print(line)
-        print("    top-level imports by cumulative time (python -X importtime):")
-        for ms, name in applied["imports"][:10]:
-            print(f"    {ms:8.1f} ms  {name}")
-        verdicts.append((f"(c) apply, library call: median {lib_med:.1f} ms, max "
-                         f"{max(lib_all):.1f} ms", lib_med <= APPLY_TARGET_MS))
-        verdicts.append((f"(c) apply, CLI process wall: median {cli_med:.1f} ms, max "
-                         f"{max(cli_all):.1f} ms", cli_med <= APPLY_TARGET_MS))
+    if applied:
+        print(f"(c) labctl apply of a one-Service change to a 100-pod lab, ms ({args.rounds} "
+              "rounds of: svc-extra created, its port changed, deleted)")
+        print(f"{'mode':9} {'':26} {'created':>9} {'changed':>9} {'deleted':>9}   all:")
+        for a in applied:
+            lib, cli = a["lib"], a["cli"]
+            for label, d in (("library call (lifecycle.apply)", lib),
+                             ("CLI process (`labctl apply`)", cli)):
+                every = [x for v in CYCLE for x in d[v]]
+                print(f"{a['mode']:9} {label:26} "
+                      + " ".join(f"{statistics.median(d[v]):>9.1f}" for v in CYCLE)
+                      + f"   {dist(every)}")
+            keys = list(dict.fromkeys(k for p in a["phases"] for k in p))
+            print(f"{'':9} the agent's phases, median: " + ", ".join(
+                f"{k} {statistics.median(p.get(k, 0.0) for p in a['phases']):.1f}"
+                for k in keys))
+            print(f"{'':9} the CLI's floor: " + ", ".join(
+                f"{k} {v:.0f} ms" for k, v in a["floors"].items()))
+            lib_all = [x for v in CYCLE for x in lib[v]]
+            cli_all = [x for v in CYCLE for x in cli[v]]
+            lib_med, cli_med = statistics.median(lib_all), statistics.median(cli_all)
+            verdicts.append((f"(c) {a['mode']}: apply, library call: median {lib_med:.1f} ms,"
+                             f" max {max(lib_all):.1f} ms", lib_med <= APPLY_TARGET_MS))
+            verdicts.append((f"(c) {a['mode']}: apply, CLI process: median {cli_med:.1f} ms, "
+                             f"max {max(cli_all):.1f} ms", cli_med <= APPLY_TARGET_MS))
         print()
     for note in dict.fromkeys(notes):
         print(f"note: {note}")
