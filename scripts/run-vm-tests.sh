@@ -14,7 +14,7 @@
 #   VM_CACHE=/var/lib/labctl-vm   kernel (unpacked, never installed) + virtme-ng venv; the
 #                                 guest must see it (not /var/tmp, /var/cache: tmpfs there)
 #   VM_OUT=$REPO/.vm-out          host folder the guest can write: junit.xml, console.log
-#   VM_TIMEOUT=1200               seconds for the whole VM run (boot included)
+#   VM_TIMEOUT=1800               seconds for the whole VM run (boot included)
 #   VM_MEM=2G  VM_CPUS=2          guest size
 #   VM_KVM=0                      1: use KVM (a real KVM host; here /dev/kvm is nested PVM,
 #                                 which hangs stock kernels, so TCG is the default)
@@ -26,7 +26,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${VM_CACHE:-/var/lib/labctl-vm}
 OUT=${VM_OUT:-$REPO/.vm-out}
 PY=${PY:-$REPO/.venv/bin/python}
-TIMEOUT=${VM_TIMEOUT:-1200}
+TIMEOUT=${VM_TIMEOUT:-1800}
 VNG_VERSION=${VNG_VERSION:-1.42}
 
 say() { echo "vm-tests: $*" >&2; }
