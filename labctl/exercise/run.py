@@ -185,7 +185,12 @@ class _Checker:
             ns, pod_ns = self.client_netns(client)
             ip, port, how = self.address(reach, target, ns, pod_ns)
             probe = probes.tcp if reach.proto == "tcp" else probes.udp
-            outcomes = [probe(ns, ip, port, reach.timeout) for _ in range(reach.count)]
+            outcomes = []
+            for _ in range(reach.count):
+                outcomes.append(probe(ns, ip, port, reach.timeout))
+                if outcomes[-1].result != expected:
+                    break  # the cell has failed: the rest would only cost time (a refused
+                    # connect can wait out the kernel's ICMP rate limit, ~1 s each)
         except Unresolved as exc:
             return Cell(client, target, "", expected, "error", False, detail=str(exc))
         except OSError as exc:  # the client's namespace went away (a pod replaced)
@@ -430,6 +435,9 @@ def judge(reach: Reach, client: str, target: str, address: str,
             f"{p} ×{n}" if len(outcomes) > 1 else p for p, n in answered.most_common()))
     if how:
         notes.insert(0, how)
+    if len(outcomes) < reach.count:
+        notes.append(f"stopped after connection {len(outcomes)} of {reach.count}: it was "
+                     f"not {reach.expect}")
     notes += [p for p in problems if p]
     return Cell(client, target, address, reach.expect, observed, not problems, pods,
                 "; ".join(notes))

@@ -269,6 +269,9 @@ def test_a_reach_cell_is_judged_on_every_connection() -> None:
     refused = ok[:3] + [Outcome("refused", detail="connect: connection refused")]
     cell = judge(reach, "c", "w", "", refused, "")
     assert not cell.passed and cell.observed == "ok ×3, refused ×1"
+    # the runner stops at the first connection that is not as expected: said so
+    cut = judge(reach, "c", "w", "", ok[:1] + [Outcome("refused")], "")
+    assert not cut.passed and "stopped after connection 2 of 4: it was not ok" in cut.detail
     timeout = spec.Reach(("client",), ("web",), 81, expect="timeout")
     assert judge(timeout, "c", "w", "", [Outcome("timeout")], "").passed
     assert not judge(timeout, "c", "w", "", [Outcome("refused")], "").passed
