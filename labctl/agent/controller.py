@@ -510,15 +510,20 @@ class Agent:
     def compile(self, runtime: Runtime, topology: Any = None) -> tuple[ClusterState, Runtime]:
         """The lab `topology` (default: its manifests) describes, as `runtime` changes
         it, continuing the running one; running pods it no longer has terminate."""
+        from labctl.cluster.addons import with_addons
+        from labctl.cluster.workloads import free_deployment_names
+
         topology = topology if topology is not None else self.raw_topology()
         try:
+            runtime = free_deployment_names(with_addons(topology), runtime)
             new_base = store.compile_lab(self.lab, previous=self.base, runtime=runtime,
                                          topology=topology)
             keys = {p.key for p in new_base.pods}
             vanished = [p.key for p in self.base.pods
                         if not p.terminating and p.key not in keys]
             if vanished:
-                runtime = runtime.with_terminating(vanished)
+                runtime = free_deployment_names(with_addons(topology),
+                                                runtime.with_terminating(vanished))
                 new_base = store.compile_lab(self.lab, previous=self.base, runtime=runtime,
                                              topology=topology)
         except UserError:

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import replace
 
-from labctl.cluster.runtime import Runtime
+from labctl.cluster.runtime import Runtime, generation_key
 from labctl.model.objects import (
     Deployment,
     ObjectMeta,
@@ -117,3 +117,22 @@ def expand(topology: Topology, runtime: Runtime | None = None) -> list[tuple[Pod
 def all_pods(topology: Topology) -> list[Pod]:
     """Every pod the topology asks for: bare Pods, then each workload's replicas."""
     return [pod for pod, _slot in expand(topology)]
+
+
+def free_deployment_names(topology: Topology, runtime: Runtime) -> Runtime:
+    """`runtime` with a fresh name for every Deployment pod whose name a terminating pod
+    still holds (a template changed back, say): its slot takes its next generation, as a
+    ReplicaSet names each new pod afresh. A StatefulSet's pod waits for its name instead
+    (compile_state holds it back). `topology` as compile_state gets it (add-ons in)."""
+    for _ in range(16):  # each round frees every blocked slot; a few suffice
+        visible = runtime.visible(topology)
+        blocked = {generation_key(p.meta.namespace, p.owner.name, slot)
+                   for p, slot in expand(visible, runtime)
+                   if p.owner is not None and p.owner.kind == "Deployment"
+                   and f"{p.meta.namespace}/{p.meta.name}" in runtime.terminating}
+        if not blocked:
+            return runtime
+        runtime = replace(runtime, generations={
+            **runtime.generations,
+            **{key: runtime.generations.get(key, 0) + 1 for key in blocked}})
+    return runtime

@@ -342,3 +342,23 @@ def test_with_readiness_keeps_terminating_conditions() -> None:
     assert conditions(got, victim.name) == (False, False, True)
     assert conditions(got, other.name) == (False, False, False)
     assert with_readiness(after, {}) == after
+
+
+def test_a_name_still_held_by_a_terminating_pod_is_not_given_to_a_deployments_new_pod(
+        ) -> None:
+    """A template changed and changed back: the pods the old template names come back
+    while the ones of that name still terminate. A ReplicaSet names new pods afresh, so
+    those slots take their next generation; the others keep their names."""
+    from labctl.cluster.workloads import free_deployment_names
+
+    topo = web_topology()
+    first = compile_state(topo)
+    names = {p.slot: p.name for p in web_pods(first)}
+    holding = Runtime(terminating=frozenset({f"default/{names[0]}", f"default/{names[2]}"}))
+    freed = free_deployment_names(topo, holding)
+    assert freed.generation("default", "web", 0) == 1
+    assert freed.generation("default", "web", 2) == 1
+    assert freed.generation("default", "web", 1) == 0
+    now = {slot: p.meta.name for p, slot in expand(freed.visible(topo), freed) if p.owner}
+    assert now[1] == names[1] and now[0] != names[0] and now[2] != names[2]
+    assert free_deployment_names(topo, Runtime()) == Runtime()  # nothing held: unchanged
