@@ -23,7 +23,8 @@ and a later sync deletes it once its connections are gone.
 pyroute2's synchronous API runs its own asyncio loop, which it cannot do in a thread
 that already runs one (the agent's): called from such a thread, the entry points here
 run in a helper thread of their own, which enters the namespace, opens, uses and
-closes its handle itself (no handle ever crosses threads).
+closes its handle itself (no handle ever crosses threads). `apply_many` gives each
+node such a thread of its own, so the nodes sync at once.
 """
 
 from __future__ import annotations
@@ -453,12 +454,31 @@ def apply(ns: str, lab: str, load: NodeLoad, iptables_argv: Sequence[str],
     return Applied(time.perf_counter() - t, draining)
 
 
-@off_loop
 def apply_many(loads: Sequence[NodeLoad], lab: str, iptables_argv: Sequence[str]
                ) -> list[Applied]:
-    """Every node's sync, one node after the other."""
+    """Every node's sync at once, as each node's kube-proxy syncs on its own: one thread
+    per node, which enters the node's namespace and opens, uses and closes its own
+    handle there (pyroute2's loop runs in that thread, never in an asyncio caller's).
+    The first failure is raised once every node is done."""
     release = os.uname().release
-    return [apply(load.ns, lab, load, iptables_argv, release) for load in loads]
+    results: list[Applied | BaseException | None] = [None] * len(loads)
+
+    def one(i: int, load: NodeLoad) -> None:
+        try:
+            results[i] = apply(load.ns, lab, load, iptables_argv, release)
+        except BaseException as e:  # handed to the caller below
+            results[i] = e
+
+    threads = [threading.Thread(target=one, args=(i, load), name=f"labctl-ipvs-{load.ns}")
+               for i, load in enumerate(loads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    failure = next((r for r in results if isinstance(r, BaseException)), None)
+    if failure is not None:
+        raise failure
+    return [r for r in results if isinstance(r, Applied)]
 
 
 # ----------------------------------------------------------------- cleanup
