@@ -24,6 +24,7 @@ import pytest
 from labctl.kubelet.echo import parse_fields
 from labctl.net import netns
 from labctl.testing.runner import labctl
+from tests.integration.service_lab import Lab as ServiceLab
 
 pytestmark = pytest.mark.ipvs
 
@@ -91,25 +92,11 @@ def run_in(ns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProc
                           text=True, timeout=timeout, check=False)
 
 
-class Lab:
+class Lab(ServiceLab):
+    """The Service tests' view of a lab (pods, Services, nodes, namespaces), plus IPVS's."""
+
     def __init__(self) -> None:
-        def get(kind: str) -> dict:
-            return json.loads(labctl("get", kind, "-o", "json", "--lab", LAB,
-                                     timeout=300).stdout)
-
-        self.pods = {p["metadata"]["name"]: p for p in get("pods")["items"]}
-        self.services = {s["metadata"]["name"]: s for s in get("services")["items"]}
-        self.nodes = {n["metadata"]["name"]: n["status"]["addresses"][0]["address"]
-                      for n in get("nodes")["items"]}
-
-    def pod_ns(self, pod: str) -> str:
-        return f"lc.{LAB}.pod.default.{pod}"
-
-    def node_ns(self, node: str) -> str:
-        return f"lc.{LAB}.node.{node}"
-
-    def vip(self, svc: str) -> str:
-        return self.services[svc]["spec"]["clusterIP"]
+        super().__init__(LAB, "ipvs")
 
     def web(self) -> dict[str, str]:
         """web pod name → IP."""
@@ -174,7 +161,7 @@ def test_virtual_servers_kube_ipvs0_and_rules_view(lab: Lab) -> None:
 def test_clusterip_from_a_pod_round_robin(lab: Lab) -> None:
     """Four requests from the client pod to the ClusterIP: rr alternates the two pods."""
     loop = f"for i in 1 2 3 4; do curl -s -m 5 http://{lab.vip('web')}/; done"
-    proc = run_in(lab.pod_ns("client"), "sh", "-c", loop, timeout=60)
+    proc = run_in(lab.ns("client"), "sh", "-c", loop, timeout=60)
     pods = re.findall(r"^pod=(\S+)$", proc.stdout, re.M)
     assert len(pods) == 4, proc.stdout + proc.stderr
     assert set(pods) == set(lab.web())
@@ -224,7 +211,7 @@ def test_removing_a_real_server_keeps_other_connections(lab: Lab) -> None:
     node_of = {name: lab.pods[name]["spec"]["nodeName"] for name in lab.web()}
     conns = []
     for _ in range(2):  # rr: one connection to each web pod
-        with netns.entered(lab.pod_ns("client")):
+        with netns.entered(lab.ns("client")):
             conns.append(socket.create_connection((vip, 80), timeout=60))  # emulated CPU
     files = [c.makefile("rwb") for c in conns]
 
@@ -271,7 +258,7 @@ def test_switching_away_cleans_up(lab: Lab) -> None:
         saved = run_in(ns, "iptables-save").stdout
         assert "KUBE-IPVS-FILTER" not in saved and "KUBE-LOAD-BALANCER" not in saved
         assert "KUBE-SVC-" in saved
-    proc = run_in(lab.pod_ns("client"), "curl", "-s", "-m", "5",
+    proc = run_in(lab.ns("client"), "curl", "-s", "-m", "5",
                   f"http://{lab.vip('web')}/", timeout=30)
     assert re.search(r"^pod=web-", proc.stdout, re.M), proc.stdout + proc.stderr
 
@@ -282,6 +269,6 @@ def test_switching_back_to_ipvs(lab: Lab) -> None:
     labctl("proxy-mode", "ipvs", "--lab", LAB, timeout=600)
     text = lab.ipvsadm("node2")
     assert re.search(rf"^TCP  {re.escape(lab.vip('web'))}:80 rr\s*$", text, re.M), text
-    proc = run_in(lab.pod_ns("client"), "curl", "-s", "-m", "5",
+    proc = run_in(lab.ns("client"), "curl", "-s", "-m", "5",
                   f"http://{lab.vip('web')}/", timeout=30)
     assert re.search(r"^pod=web-", proc.stdout, re.M), proc.stdout + proc.stderr
