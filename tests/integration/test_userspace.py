@@ -13,7 +13,6 @@ condition under a timeout that is only a hang guard; request counts are bounded.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import signal
@@ -32,10 +31,10 @@ from labctl.proxy.userspace_daemon import request
 from labctl.testing.runner import labctl, netns_exec
 from labctl.testing.traffic import connect_error, http_get, socket_in, spread
 from tests.integration.conftest import write_lab
+from tests.integration.service_lab import Lab as ServiceLab
 
 LAB = "it-userspace"
 GOLDEN = Path(__file__).parents[1] / "unit" / "golden" / "proxy" / "userspace"
-EXTERNAL_IP = "203.0.113.20"
 HANG_GUARD = 30.0
 T = TypeVar("T")
 
@@ -60,7 +59,6 @@ spec:
         - name: web
           ports:
             - {{name: http, containerPort: 8080}}
-            - {{name: dns, containerPort: 9053, protocol: UDP}}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -106,37 +104,6 @@ spec:
 ---
 apiVersion: v1
 kind: Service
-metadata: {{name: web-lb}}
-spec:
-  type: LoadBalancer
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web-ext}}
-spec:
-  selector: {{app: web}}
-  externalIPs: [{EXTERNAL_IP}]
-  ports: [{{port: 8000, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: sticky}}
-spec:
-  selector: {{app: web}}
-  sessionAffinity: ClientIP
-  ports: [{{port: 80, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: dns}}
-spec:
-  selector: {{app: web}}
-  ports: [{{name: dns, port: 53, targetPort: dns, protocol: UDP}}]
----
-apiVersion: v1
-kind: Service
 metadata: {{name: empty}}
 spec:
   selector: {{app: nothing-has-this-label}}
@@ -162,35 +129,20 @@ def eventually(what: str, check: Callable[[], T], timeout: float = HANG_GUARD) -
         time.sleep(0.1)
 
 
-class Lab:
+class Lab(ServiceLab):
+    """The Service tests' view of a lab, plus the proxy processes' own."""
+
     def __init__(self, name: str, path: Path) -> None:
-        self.name, self.path = name, path
-        get = lambda *a: json.loads(self.run("get", *a, "-o", "json").stdout)  # noqa: E731
-        self.pods = {p["metadata"]["name"]: p for p in get("pods")["items"]}
-        self.services = {s["metadata"]["name"]: s for s in get("services")["items"]}
-        self.nodes = {n["metadata"]["name"]: n["status"]["addresses"][0]["address"]
-                      for n in get("nodes")["items"]}
+        super().__init__(name, "userspace")
+        self.path = path
         self.state_dir = names.state_dir(name)
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return labctl(*args, "--lab", self.name, check=check)
 
-    def ns(self, pod: str) -> str:
-        return f"lc.{self.name}.pod.default.{pod}"
-
-    def node_ns(self, node: str) -> str:
-        return f"lc.{self.name}.node.{node}"
-
     @property
     def client(self) -> str:
         return self.ns("client")
-
-    @property
-    def external(self) -> str:
-        return f"lc.{self.name}.external"
-
-    def vip(self, svc: str) -> str:
-        return self.services[svc]["spec"]["clusterIP"]
 
     def of(self, app: str) -> set[str]:
         return {n for n, p in self.pods.items()
@@ -204,11 +156,6 @@ class Lab:
 
     def proxy_port(self, node: str, service: str) -> dict[str, Any]:
         return next(p for p in self.proxy(node)["ports"] if p["service"] == service)
-
-    def node_side(self) -> set[str]:
-        """The addresses the proxy's own connections come from."""
-        gateways = {p["status"]["podIP"].rsplit(".", 1)[0] + ".1" for p in self.pods.values()}
-        return set(self.nodes.values()) | gateways
 
 
 @pytest.fixture(scope="module")
