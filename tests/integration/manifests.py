@@ -19,18 +19,24 @@ def deployment(name: str, replicas: int, port: int = 8080, port_name: str = "") 
 
 
 def service(name: str, app: str, port: int, target: int | str, node_port: int = 0,
-            **spec: str) -> str:
+            port_name: str = "http", **spec: str) -> str:
     extra = "".join(f"\n  {key}: {value}" for key, value in spec.items())
     fixed = f", nodePort: {node_port}" if node_port else ""
+    named = f"name: {port_name}, " if port_name else ""
     return (f"apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:{extra}\n"
             f"  selector: {{app: {app}}}\n"
-            f"  ports: [{{name: http, port: {port}, targetPort: {target}{fixed}}}]\n")
+            f"  ports: [{{{named}port: {port}, targetPort: {target}{fixed}}}]\n")
 
 
-def pod(name: str, command: str = "") -> str:
+def pod(name: str, command: str = "", node: str = "", port: int = 0, app: str = "") -> str:
+    """A one-container pod; `node` pins it, `port` declares a containerPort (the built-in
+    server listens there unless `command` runs instead), `app` labels it."""
     cmd = f", command: {command}" if command else ""
-    return (f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\n"
-            f"spec:\n  containers: [{{name: c{cmd}}}]\n")
+    ports = f", ports: [{{containerPort: {port}}}]" if port else ""
+    labels = f", labels: {{app: {app}}}" if app else ""
+    pinned = f"  nodeName: {node}\n" if node else ""
+    return (f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}{labels}}}\n"
+            f"spec:\n{pinned}  containers: [{{name: c{cmd}{ports}}}]\n")
 
 
 def join(*docs: str) -> str:

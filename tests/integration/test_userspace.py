@@ -31,6 +31,7 @@ from labctl.proxy.userspace_daemon import request
 from labctl.testing.runner import labctl, netns_exec
 from labctl.testing.traffic import connect_error, http_get, socket_in, spread
 from tests.integration.conftest import write_lab
+from tests.integration.manifests import deployment, join, lab, pod, service
 from tests.integration.service_lab import Lab as ServiceLab
 
 LAB = "it-userspace"
@@ -38,84 +39,17 @@ GOLDEN = Path(__file__).parents[1] / "unit" / "golden" / "proxy" / "userspace"
 HANG_GUARD = 30.0
 T = TypeVar("T")
 
-MANIFEST = f"""
-apiVersion: labctl/v1
-kind: Lab
-metadata: {{name: {LAB}}}
-spec:
-  nodes: [{{name: node1}}, {{name: node2}}]
-  proxyMode: userspace
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web}}
-spec:
-  replicas: 3
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers:
-        - name: web
-          ports:
-            - {{name: http, containerPort: 8080}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: flaky}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: flaky}}}}
-  template:
-    metadata: {{labels: {{app: flaky}}}}
-    spec:
-      containers: [{{name: ok, ports: [{{containerPort: 8080}}]}}]
----
-# Ready (its process runs, no probe says otherwise) but nothing listens on 8080: the
-# endpoint refuses every connection, as a pod whose server died would.
-apiVersion: v1
-kind: Pod
-metadata: {{name: flaky-dead, labels: {{app: flaky}}}}
-spec:
-  nodeName: node2
-  containers: [{{name: dead, command: [sleep, "3600"], ports: [{{containerPort: 8080}}]}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client}}
-spec:
-  nodeName: node1
-  containers: [{{name: c, ports: [{{containerPort: 7000}}]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web}}
-spec:
-  selector: {{app: web}}
-  ports: [{{name: http, port: 80, targetPort: http}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web-np}}
-spec:
-  type: NodePort
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: empty}}
-spec:
-  selector: {{app: nothing-has-this-label}}
-  ports: [{{port: 80, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: flaky}}
-spec:
-  selector: {{app: flaky}}
-  ports: [{{port: 80, targetPort: 8080}}]
-"""
+MANIFEST = join(
+    lab(LAB, proxyMode="userspace"), deployment("web", 3, port_name="http"),
+    deployment("flaky", 2),
+    # Ready (its process runs, no probe says otherwise) but nothing listens on 8080: the
+    # endpoint refuses every connection, as a pod whose server died would.
+    pod("flaky-dead", command='[sleep, "3600"]', node="node2", port=8080, app="flaky"),
+    pod("client", node="node1", port=7000),
+    service("web", "web", 80, "http"),
+    service("web-np", "web", 80, 8080, node_port=30080, port_name="", type="NodePort"),
+    service("empty", "nothing-has-this-label", 80, 8080, port_name=""),
+    service("flaky", "flaky", 80, 8080, port_name=""))
 
 
 def eventually(what: str, check: Callable[[], T], timeout: float = HANG_GUARD) -> T:

@@ -14,7 +14,6 @@ import re
 import shutil
 import socket
 import subprocess
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,52 +23,17 @@ import pytest
 from labctl.kubelet.echo import parse_fields
 from labctl.net import netns
 from labctl.testing.runner import labctl
+from tests.integration.manifests import deployment, join, lab, pod, service
 from tests.integration.service_lab import Lab as ServiceLab
 
 pytestmark = pytest.mark.ipvs
 
 LAB = "vm-ipvs"
-MANIFEST = f"""
-apiVersion: labctl/v1
-kind: Lab
-metadata: {{name: {LAB}}}
-spec:
-  nodes: [{{name: node1}}, {{name: node2}}]
-  proxyMode: ipvs
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers: [{{name: web, ports: [{{name: http, containerPort: 8080}}]}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client}}
-spec:
-  nodeName: node1
-  containers: [{{name: c, ports: [{{containerPort: 7000}}]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web}}
-spec:
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: http}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web-np}}
-spec:
-  type: NodePort
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]
-"""
+MANIFEST = join(
+    lab(LAB, proxyMode="ipvs"), deployment("web", 2, port_name="http"),
+    pod("client", node="node1", port=7000),
+    service("web", "web", 80, "http", port_name=""),
+    service("web-np", "web", 80, 8080, node_port=30080, port_name="", type="NodePort"))
 
 
 def missing_capability() -> str | None:
@@ -114,7 +78,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if reason:
         pytest.skip(reason)
     path = Path(tmp_path_factory.mktemp("ipvs")) / "lab.yaml"
-    path.write_text(textwrap.dedent(MANIFEST))
+    path.write_text(MANIFEST)
     labctl("down", LAB, check=False, timeout=300)
     labctl("up", str(path), timeout=900)
     try:
