@@ -20,7 +20,7 @@ from labctl.cluster.runtime import Runtime, object_key
 
 if TYPE_CHECKING:
     from labctl.agent.controller import Agent
-    from labctl.cluster.state import ClusterState, PodState
+    from labctl.cluster.state import PodState
 
 Handler = Callable[["Agent", dict[str, Any]], Awaitable[dict[str, Any]]]
 HANDLERS: dict[str, Handler] = {}
@@ -131,7 +131,7 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
     change wins over `labctl scale`), then converge — or, dry, say what would change."""
     from dataclasses import replace
 
-    from labctl.cluster.diff import object_changes, pod_changes
+    from labctl.cluster.diff import object_changes, pod_changes, respecified
     from labctl.cluster.runtime import object_key
     from labctl.errors import UserError
     from labctl.lab import store
@@ -229,22 +229,6 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
             clock.mark("proxy-mode")
     log.info("apply: %s", clock.summary())
     return result
-
-
-def respecified(old: ClusterState, new: ClusterState) -> list[PodState]:
-    """Running pods (in both, terminating in neither) whose spec `new` changes. A change
-    of container images or of terminationGracePeriodSeconds does not count: the API
-    server allows those on a running pod, and labctl runs no images."""
-    from dataclasses import replace
-
-    def essence(pod: PodState) -> Any:
-        spec = pod.spec
-        return replace(spec, termination_grace_period_seconds=0, containers=tuple(
-            replace(c, image="") for c in spec.containers))
-
-    before = {p.key: p for p in old.pods if not p.terminating}
-    return [p for p in new.pods if not p.terminating and p.key in before
-            and essence(before[p.key]) != essence(p)]
 
 
 def _immutable(pods: list[PodState]) -> dict[str, Any]:

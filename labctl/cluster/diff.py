@@ -11,9 +11,10 @@ gets ` -n <namespace>` after its name so the lines stay unambiguous
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
-from labctl.cluster.state import ClusterState
+from labctl.cluster.state import ClusterState, PodState
 from labctl.model.objects import Topology
 
 # (Topology field, kubectl resource name, namespaced), in the order used for objects
@@ -104,3 +105,17 @@ def pod_changes(old: ClusterState, new: ClusterState
         if (before[k].node, before[k].ip, before[k].spec, dict(before[k].labels))
         != (after[k].node, after[k].ip, after[k].spec, dict(after[k].labels)))
     return created, deleted, changed
+
+
+def respecified(old: ClusterState, new: ClusterState) -> list[PodState]:
+    """Running pods (in both, terminating in neither) whose spec `new` changes. A change
+    of container images or of terminationGracePeriodSeconds does not count: the API
+    server allows those on a running pod, and labctl runs no images."""
+    def essence(pod: PodState) -> Any:
+        spec = pod.spec
+        return replace(spec, termination_grace_period_seconds=0, containers=tuple(
+            replace(c, image="") for c in spec.containers))
+
+    before = {p.key: p for p in old.pods if not p.terminating}
+    return [p for p in new.pods if not p.terminating and p.key in before
+            and essence(before[p.key]) != essence(p)]

@@ -101,3 +101,27 @@ def test_pod_changes_through_a_replacement_and_a_statefulset_recreation() -> Non
     runtime = runtime.without_terminating(victim.key).without_terminating("default/db-0")
     after = compile_state(topo, during, runtime)
     assert pod_changes(during, after) == (["default/db-0"], ["default/db-0", victim.key], [])
+
+
+def test_respecified_pods_are_running_ones_whose_spec_really_changes() -> None:
+    """What `apply` replaces (a StatefulSet's) or refuses (a bare pod's): a running pod
+    whose spec changes; a new image or grace period is allowed on a running pod, a
+    label is metadata, and a terminating pod is going anyway."""
+    from labctl.cluster.diff import respecified
+
+    solo = pod("solo", {"app": "a"}, node="a")
+    old = compile_state(topology(lab("a"), pods=(solo,)))
+
+    def changed(new_pod) -> list[str]:  # noqa: ANN001
+        new = compile_state(topology(lab("a"), pods=(new_pod,)), old)
+        return [p.key for p in respecified(old, new)]
+
+    c = solo.spec.containers[0]
+    assert changed(replace(solo, spec=replace(solo.spec, containers=(
+        replace(c, ports=(replace(c.ports[0], container_port=8081),)),)))) == ["default/solo"]
+    assert changed(replace(solo, spec=replace(solo.spec, containers=(
+        replace(c, image="nginx:2"),), termination_grace_period_seconds=5))) == []
+    assert changed(replace(solo, meta=replace(solo.meta, labels={"app": "b"}))) == []
+    gone = compile_state(topology(lab("a"), pods=(solo,)), old,
+                         Runtime(terminating=frozenset({"default/solo"})))
+    assert respecified(gone, old) == []
