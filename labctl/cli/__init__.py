@@ -1,1 +1,2 @@
-"""The `labctl` command line (click): parse, call the library, format the output."""
+"""The `labctl` command line: parse (commands declared in cli/commands.py, on argparse),
+call the library, format the output."""

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import sys
 
-import click
-
-from labctl.cli.common import CONTEXT, check_output, handle_errors, output_option
+from labctl.cli.commands import PathArg, command, option
+from labctl.cli.common import check_output, lab_option, output_option
 from labctl.cli.output import err, timings_text
 
 
-@click.command(context_settings=CONTEXT)
-@click.option("-f", "--filename", "files", multiple=True, required=True,
-              type=click.Path(exists=True), help="The lab's manifests (files or folders).")
-@click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
-@click.option("--lab", "lab_name", help="Which lab (default: the only one).")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@command()
+@option("-f", "--filename", "files", multiple=True, required=True,
+        type=PathArg(), help="The lab's manifests (files or folders).")
+@option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+@lab_option
+@option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @output_option
-@handle_errors
 def apply(files: tuple[str, ...], dry_run: bool, lab_name: str | None, quiet: bool,
           fmt: str | None) -> None:
     """Apply changed manifests to a running lab, like kubectl apply.
@@ -37,10 +35,10 @@ def apply(files: tuple[str, ...], dry_run: bool, lab_name: str | None, quiet: bo
       labctl apply -f lab.yaml
       labctl apply -f lab.yaml -o json | jq '.changes'
     """
-    from labctl.lab import remote, store
+    from labctl.lab import registry, remote
 
     check_output(fmt, quiet)
-    lab = store.pick_lab(lab_name)
+    lab = registry.pick_lab(lab_name)
     try:
         result = remote.apply(lab, files, dry_run)
     except remote.AppliedUserError as e:
@@ -52,33 +50,34 @@ def apply(files: tuple[str, ...], dry_run: bool, lab_name: str | None, quiet: bo
         err(text)
     if fmt == "json":
         from labctl.cli import report
+        from labctl.lab import store
 
-        click.echo(report.to_json(report.lab_report(
+        print(report.to_json(report.lab_report(
             "apply", lab, store.state_of(lab), result.timings,
             report.apply_changes(result.changes, result.pods, result.proxy_mode),
             dryRun=dry_run, commands=result.commands, synced=result.synced)))
         return
     if not result.changes and not result.proxy_mode:
-        click.echo("no changes")
+        print("no changes")
         return
     suffix = " (dry run)" if dry_run else ""
     for obj, verb in result.changes:
-        click.echo(f"{obj} {verb}{suffix}")
+        print(f"{obj} {verb}{suffix}")
     for key in result.pods.get("created", []):
-        click.echo(f"  pod/{key.partition('/')[2]} to be created{suffix}" if dry_run
+        print(f"  pod/{key.partition('/')[2]} to be created{suffix}" if dry_run
                    else f"  pod/{key.partition('/')[2]} created")
     for key in result.pods.get("terminating", []):
-        click.echo(f"  pod/{key.partition('/')[2]} to terminate{suffix}" if dry_run
+        print(f"  pod/{key.partition('/')[2]} to terminate{suffix}" if dry_run
                    else f"  pod/{key.partition('/')[2]} terminating")
     if result.proxy_mode:
         old, new = result.proxy_mode
-        click.echo(f"proxy mode {old} → {new}{suffix}")
+        print(f"proxy mode {old} → {new}{suffix}")
     if dry_run and result.commands:
-        click.echo("kernel changes:")
+        print("kernel changes:")
         for line in result.commands:
-            click.echo(f"  {line}")
+            print(f"  {line}")
     if result.synced:
-        click.echo("rules resynced: " + ", ".join(f"{n} {ms} ms"
+        print("rules resynced: " + ", ".join(f"{n} {ms} ms"
                                                  for n, ms in result.synced.items()))
     if result.timings:
-        click.echo(f"timings: {timings_text(result.timings)}")
+        print(f"timings: {timings_text(result.timings)}")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-import click
-
-from labctl.cli.common import CONTEXT, handle_errors
+from labctl.cli.commands import FloatRange, IntRange, argument, command, option
+from labctl.cli.common import lab_option
 from labctl.cli.output import err
 from labctl.cluster.state import ClusterState
 from labctl.errors import LabctlError
@@ -35,20 +34,18 @@ def describe(state: ClusterState, target: str, namespace: str) -> str:
     return f"pod {find_pod(state, target, namespace).key}"
 
 
-@click.command(context_settings={**CONTEXT, "ignore_unknown_options": True},
-               short_help="Capture packets in a pod's or node's namespace (tcpdump).")
-@click.argument("target", metavar="POD|NODE[:IFACE]")
-@click.argument("expression", nargs=-1, type=click.UNPROCESSED, metavar="[FILTER...]")
-@click.option("-w", "--write", "out", metavar="FILE",
-              help="Write a pcap to FILE (`-` = stdout, for `| wireshark -k -i -`) instead "
-                   "of printing one line per packet.")
-@click.option("-c", "--count", type=click.IntRange(min=1), metavar="N",
-              help="Stop after N packets.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Stop after SECONDS even if fewer packets came (default: Ctrl-C or -c).")
-@click.option("-n", "--namespace", default="default", show_default=True)
-@click.option("--lab", "lab_name", help="Which lab (default: the only one).")
-@handle_errors
+@command(short_help="Capture packets in a pod's or node's namespace (tcpdump).")
+@argument("target", metavar="POD|NODE[:IFACE]")
+@argument("expression", nargs=-1, rest=True, metavar="[FILTER...]")
+@option("-w", "--write", "out", metavar="FILE",
+        help="Write a pcap to FILE (`-` = stdout, for `| wireshark -k -i -`) instead "
+             "of printing one line per packet.")
+@option("-c", "--count", type=IntRange(1), metavar="N",
+        help="Stop after N packets.")
+@option("--timeout", type=FloatRange(0, lo_open=True), metavar="SECONDS",
+        help="Stop after SECONDS even if fewer packets came (default: Ctrl-C or -c).")
+@option("-n", "--namespace", default="default", show_default=True)
+@lab_option
 def capture(target: str, expression: tuple[str, ...], out: str | None, count: int | None,
             timeout: float | None, namespace: str, lab_name: str | None) -> None:
     """Capture packets inside the lab: tcpdump runs in the network namespace of a pod, a

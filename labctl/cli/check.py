@@ -5,22 +5,20 @@ from __future__ import annotations
 import os
 import sys
 
-import click
-
-from labctl.cli.common import CONTEXT, handle_errors, print_warnings
+from labctl.cli.commands import Choice, argument, command, option
+from labctl.cli.common import print_warnings
 from labctl.cli.output import table
 from labctl.errors import LabctlError, NotFoundError
 
 
-@click.command(context_settings=CONTEXT)
-@click.argument("exercise", required=False)
-@click.option("--lab", "lab_name", help="Run against this lab instead of the one "
-              "checks.yaml names (e.g. a second copy of the exercise).")
-@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="json: the labctl.check/v1 schema, for graders.")
-@click.option("--list", "list_", is_flag=True,
-              help="List the exercises under topologies/ with their titles.")
-@handle_errors
+@command()
+@argument("exercise", required=False)
+@option("--lab", "lab_name", help="Run against this lab instead of the one "
+        "checks.yaml names (e.g. a second copy of the exercise).")
+@option("-o", "--output", "fmt", type=Choice(["text", "json"]), default="text",
+        show_default=True, help="json: the labctl.check/v1 schema, for graders.")
+@option("--list", "list_", is_flag=True,
+        help="List the exercises under topologies/ with their titles.")
 def check(exercise: str | None, lab_name: str | None, fmt: str, list_: bool) -> None:
     """Run an exercise's checks (its checks.yaml) against the running lab and show, per
     task, what passed and what failed (expected vs observed), with a reachability matrix
@@ -60,7 +58,7 @@ def check(exercise: str | None, lab_name: str | None, fmt: str, list_: bool) -> 
         raise NotFoundError(f"{exc}; bring the exercise's lab up first: labctl up "
                             f"{os.path.join(loaded.folder, 'lab.yaml')}") from None
     result = run.run(loaded, store.state_of(lab), store.state_dir(lab))
-    click.echo(report.json_text(result) if fmt == "json" else report.text(result))
+    print(report.json_text(result) if fmt == "json" else report.text(result))
     sys.exit(0 if result.passed else 1)
 
 
@@ -72,8 +70,8 @@ def _labs() -> list[str]:
 
 def _list(entries: list) -> None:  # type: ignore[type-arg]
     if not entries:
-        click.echo("no exercises found")
+        print("no exercises found")
         return
     rows = [[e.name, "yes" if e.has_checks else "no", e.title or "-"] for e in entries]
-    click.echo(table(["EXERCISE", "CHECKS", "TITLE"], rows))
-    click.echo(f"folders: {os.path.dirname(entries[0].folder)}")
+    print(table(["EXERCISE", "CHECKS", "TITLE"], rows))
+    print(f"folders: {os.path.dirname(entries[0].folder)}")

@@ -1,25 +1,33 @@
-"""Shell completion: `labctl completion bash|zsh|fish`, and the dynamic part — lab, pod
-and node names read from the labs' state under /run/labctl (cheap: no agent asked).
+"""Shell completion: `labctl completion bash|zsh|fish` prints a script; the script asks
+`labctl __complete WORD... INCOMPLETE` for candidates, one per line as
+`KIND<TAB>VALUE<TAB>HELP` (KIND: plain, or file/dir to let the shell complete paths).
 
-Click completes commands and options by itself (`_LABCTL_COMPLETE=bash_source labctl`
-prints the same script). `attach_completions(cli)` adds the lab-aware completions to the commands'
-parameters: every `--lab`, `down LAB`, `exec`/`capture` targets, `logs`/`break`/`heal`
-pods, `rules` nodes, `graph` files or labs, `check` exercises.
+Commands, options and choices come from the command declarations; lab, pod and node
+names are read from the labs' state under /run/labctl (cheap: no agent asked): every
+`--lab`, `down LAB`, `exec`/`capture` targets, `logs`/`break`/`heal`/`trace` pods,
+`rules` nodes, `graph` files or labs, `check` exercises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-import click
-from click.shell_completion import CompletionItem, get_completion_class
-
-from labctl.cli.common import CONTEXT
+from labctl.cli.commands import Argument, Choice, Command, Group, Option, PathArg, argument, command
 
 SHELLS = ("bash", "zsh", "fish")
-COMPLETE_VAR = "_LABCTL_COMPLETE"
 
-Completer = Callable[[click.Context, click.Parameter, str], list[CompletionItem]]
+
+@dataclass(frozen=True)
+class Item:
+    value: str
+    help: str = ""
+    type: str = "plain"  # plain | file | dir (the shell completes paths itself)
+
+
+# (the values of the options given so far, the word being completed) → candidates
+Completer = Callable[[dict[str, Any], str], list[Item]]
 
 
 def _labs() -> list[str]:
@@ -31,12 +39,12 @@ def _labs() -> list[str]:
         return []
 
 
-def _states(ctx: click.Context) -> Iterator[object]:
+def _states(given: dict[str, Any]) -> Iterator[Any]:
     """The ClusterState of the lab named by --lab so far, else of every lab; a lab whose
     state cannot be read (not root, half made) is skipped — completion never fails."""
     from labctl.lab import store
 
-    chosen = ctx.params.get("lab_name")
+    chosen = given.get("lab_name")
     for lab in [chosen] if chosen else _labs():
         try:
             yield store.current_state(store.state_dir(lab))
@@ -44,80 +52,65 @@ def _states(ctx: click.Context) -> Iterator[object]:
             continue
 
 
-def complete_labs(ctx: click.Context, param: click.Parameter, incomplete: str
-                  ) -> list[CompletionItem]:
-    return [CompletionItem(lab, help="lab") for lab in _labs() if lab.startswith(incomplete)]
+def complete_labs(given: dict[str, Any], incomplete: str) -> list[Item]:
+    return [Item(lab, "lab") for lab in _labs() if lab.startswith(incomplete)]
 
 
-def _pod_items(ctx: click.Context, incomplete: str) -> list[CompletionItem]:
-    namespace = ctx.params.get("namespace") or "default"
-    seen: dict[str, CompletionItem] = {}
-    for state in _states(ctx):
-        for pod in state.pods:  # type: ignore[attr-defined]
+def complete_pods(given: dict[str, Any], incomplete: str) -> list[Item]:
+    namespace = given.get("namespace") or "default"
+    seen: dict[str, Item] = {}
+    for state in _states(given):
+        for pod in state.pods:
             where = f"pod {pod.ip} on {pod.node}"
             names = [f"{pod.namespace}/{pod.name}"]
             if pod.namespace == namespace and "/" not in incomplete:
                 names = [pod.name]
             for name in names:
                 if name.startswith(incomplete):
-                    seen.setdefault(name, CompletionItem(name, help=where))
+                    seen.setdefault(name, Item(name, where))
     return sorted(seen.values(), key=lambda c: c.value)
 
 
-def _node_items(ctx: click.Context, incomplete: str) -> list[CompletionItem]:
-    seen: dict[str, CompletionItem] = {}
-    for state in _states(ctx):
-        for node in state.nodes:  # type: ignore[attr-defined]
+def complete_nodes(given: dict[str, Any], incomplete: str) -> list[Item]:
+    seen: dict[str, Item] = {}
+    for state in _states(given):
+        for node in state.nodes:
             if node.name.startswith(incomplete):
-                seen.setdefault(node.name, CompletionItem(
-                    node.name, help=f"node {node.ip}, pods {node.pod_cidr}"))
+                seen.setdefault(node.name, Item(node.name,
+                                                f"node {node.ip}, pods {node.pod_cidr}"))
     return sorted(seen.values(), key=lambda c: c.value)
 
 
-def complete_pods(ctx: click.Context, param: click.Parameter, incomplete: str
-                  ) -> list[CompletionItem]:
-    return _pod_items(ctx, incomplete)
-
-
-def complete_nodes(ctx: click.Context, param: click.Parameter, incomplete: str
-                   ) -> list[CompletionItem]:
-    return _node_items(ctx, incomplete)
-
-
-def complete_targets(ctx: click.Context, param: click.Parameter, incomplete: str
-                     ) -> list[CompletionItem]:
+def complete_targets(given: dict[str, Any], incomplete: str) -> list[Item]:
     """What `labctl exec` runs in: nodes, `external`, pods."""
-    items = _node_items(ctx, incomplete)
+    items = complete_nodes(given, incomplete)
     if "external".startswith(incomplete):
-        items.append(CompletionItem("external", help="the client outside the cluster"))
-    return items + _pod_items(ctx, incomplete)
+        items.append(Item("external", "the client outside the cluster"))
+    return items + complete_pods(given, incomplete)
 
 
-def complete_capture_targets(ctx: click.Context, param: click.Parameter, incomplete: str
-                             ) -> list[CompletionItem]:
+def complete_capture_targets(given: dict[str, Any], incomplete: str) -> list[Item]:
     """Targets, and after `TARGET:` the interfaces worth capturing on."""
     if ":" not in incomplete:
-        return complete_targets(ctx, param, incomplete)
+        return complete_targets(given, incomplete)
     target, _, iface = incomplete.rpartition(":")
-    is_node = any(n.value == target for n in _node_items(ctx, target))
+    is_node = any(n.value == target for n in complete_nodes(given, target))
     ifaces = ("eth0", "cni0", "any") if is_node else ("eth0", "any")
-    return [CompletionItem(f"{target}:{i}") for i in ifaces if i.startswith(iface)]
+    return [Item(f"{target}:{i}") for i in ifaces if i.startswith(iface)]
 
 
-def complete_graph_sources(ctx: click.Context, param: click.Parameter, incomplete: str
-                           ) -> list[CompletionItem]:
+def complete_graph_sources(given: dict[str, Any], incomplete: str) -> list[Item]:
     """Files (the shell completes them) or a running lab."""
-    return [CompletionItem(incomplete, type="file"), *complete_labs(ctx, param, incomplete)]
+    return [Item(incomplete, type="file"), *complete_labs(given, incomplete)]
 
 
-def complete_exercises(ctx: click.Context, param: click.Parameter, incomplete: str
-                       ) -> list[CompletionItem]:
+def complete_exercises(given: dict[str, Any], incomplete: str) -> list[Item]:
     """Exercise folders under topologies/ that have checks (or a path: the shell's)."""
     from labctl.exercise import catalog
 
-    found = [CompletionItem(e.name, help=e.title or "exercise")
+    found = [Item(e.name, e.title or "exercise")
              for e in catalog.entries() if e.has_checks and e.name.startswith(incomplete)]
-    return found or [CompletionItem(incomplete, type="dir")]
+    return found or [Item(incomplete, type="dir")]
 
 
 # (command path, parameter name) → completer; every `lab_name` option gets the labs.
@@ -136,38 +129,154 @@ COMPLETERS: dict[tuple[str, str], Completer] = {
 }
 
 
-def _walk(cmd: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
-    yield path, cmd
-    if isinstance(cmd, click.Group):
-        for name, sub in cmd.commands.items():
-            yield from _walk(sub, f"{path} {name}".strip())
+# ------------------------------------------------------------------ the engine
 
 
-def attach_completions(cli: click.Command, prefix: str = "") -> None:
-    """Give the commands' parameters their lab-aware completions (idempotent; a
-    parameter that already has its own completion keeps it). `prefix`: the path of
-    `cli` itself when it is a subcommand loaded on demand."""
-    for path, cmd in _walk(cli, prefix):
-        for param in cmd.params:
-            fn = COMPLETERS.get((path, param.name or ""))
-            if fn is None and param.name == "lab_name":
-                fn = complete_labs
-            # click keeps a parameter's custom completer here (click 8.0 and later)
-            if fn is not None and getattr(param, "_custom_shell_complete", None) is None:
-                param._custom_shell_complete = fn
+def _values(path: str, name: str, kind: Any, given: dict[str, Any], incomplete: str
+            ) -> list[Item]:
+    """Candidates for one parameter's value."""
+    fn = COMPLETERS.get((path, name)) or (complete_labs if name == "lab_name" else None)
+    if fn is not None:
+        return fn(given, incomplete)
+    if isinstance(kind, Choice):
+        return [Item(c) for c in kind.choices if c.startswith(incomplete)]
+    if isinstance(kind, PathArg):
+        return [Item(incomplete, type="file")]
+    return []
 
 
-def script(cli: click.Command, shell: str, prog_name: str = "labctl") -> str:
-    """The completion script click writes for `shell`."""
-    cls = get_completion_class(shell)
-    if cls is None:
-        raise click.BadParameter(f"unsupported shell {shell!r}")
-    return cls(cli, {}, prog_name, COMPLETE_VAR).source()
+def _option_for(cmd: Command, word: str) -> Option | None:
+    flag = word.partition("=")[0]
+    return next((p for p in cmd.params if isinstance(p, Option)
+                 and (flag in p.flags or flag == p.negation)), None)
 
 
-@click.command(context_settings=CONTEXT,
-               short_help="Print the shell completion script (bash, zsh, fish).")
-@click.argument("shell", type=click.Choice(SHELLS))
+def candidates(root: Group, words: Sequence[str], incomplete: str) -> list[Item]:
+    """What completing `incomplete` after `words` (the command line without `labctl`)
+    offers."""
+    cmd: Command = root
+    path = ""
+    rest = list(words)
+    while isinstance(cmd, Group):
+        name = next((w for w in rest if not w.startswith("-")), None)
+        if name is None:
+            return [Item(n, c.short_help) for n in cmd.names()
+                    if n.startswith(incomplete) and (c := cmd.get(n)) is not None]
+        sub = cmd.get(name)
+        if sub is None:
+            return []
+        path = f"{path} {name}".strip()
+        rest = rest[rest.index(name) + 1:]
+        cmd = sub
+    given: dict[str, Any] = {}
+    positional = 0
+    expecting: Option | None = None
+    after_dashes = False
+    for word in rest:
+        if expecting is not None:
+            given[expecting.dest] = word
+            expecting = None
+        elif word == "--":
+            after_dashes = True
+        elif word.startswith("-") and len(word) > 1 and not after_dashes:
+            opt = _option_for(cmd, word)
+            if opt is not None and opt.takes_value and "=" not in word:
+                expecting = opt
+            elif opt is not None and "=" in word:
+                given[opt.dest] = word.partition("=")[2]
+        else:
+            positional += 1
+    if expecting is not None:
+        return _values(path, expecting.dest, expecting.type, given, incomplete)
+    if incomplete.startswith("-") and not after_dashes:
+        flags = [f for p in cmd.params if isinstance(p, Option)
+                 for f in [*p.flags, *([p.negation] if p.negation else [])]]
+        return [Item(f) for f in [*flags, "--help"] if f.startswith(incomplete)]
+    for arg in (p for p in cmd.params if isinstance(p, Argument)):
+        if arg.nargs == -1 or positional == 0:
+            return [] if after_dashes and arg.rest else _values(
+                path, arg.name, arg.type, given, incomplete)
+        positional -= 1
+    return []
+
+
+def respond(root: Group, args: Sequence[str]) -> str:
+    """The answer to `labctl __complete WORD... INCOMPLETE`, one candidate per line."""
+    if not args:
+        return ""
+    found = candidates(root, args[:-1], args[-1])
+    return "".join(f"{i.type}\t{i.value}\t{' '.join(i.help.split())}\n" for i in found)
+
+
+# ------------------------------------------------------------------ the scripts
+
+BASH = r"""# labctl completion for bash: source <(labctl completion bash)
+_labctl_completion() {
+    local kind value help
+    COMPREPLY=()
+    while IFS=$'\t' read -r kind value help; do
+        case $kind in
+            file) compopt -o default 2>/dev/null; COMPREPLY=(); return 0 ;;
+            dir) compopt -o dirnames 2>/dev/null; COMPREPLY=(); return 0 ;;
+            *) COMPREPLY+=("$value") ;;
+        esac
+    done < <(labctl __complete "${COMP_WORDS[@]:1:COMP_CWORD}" 2>/dev/null)
+    return 0
+}
+complete -o nosort -F _labctl_completion labctl
+"""
+
+ZSH = r"""#compdef labctl
+# labctl completion for zsh: labctl completion zsh > "${fpath[1]}/_labctl"
+_labctl() {
+    local -a described plain
+    local line kind value help
+    for line in "${(@f)$(labctl __complete "${(@)words[2,$CURRENT]}" 2>/dev/null)}"; do
+        [[ -z $line ]] && continue
+        kind=${line%%$'\t'*}; line=${line#*$'\t'}
+        value=${line%%$'\t'*}; help=${line#*$'\t'}
+        case $kind in
+            file) _files; return ;;
+            dir) _files -/; return ;;
+            *) if [[ -n $help ]]; then described+=("${value//:/\\:}:$help")
+               else plain+=("$value"); fi ;;
+        esac
+    done
+    (( ${#described} )) && _describe -V labctl described
+    (( ${#plain} )) && compadd -U -V labctl -a plain
+    return 0
+}
+if [[ $zsh_eval_context[-1] == loadautofunc ]]; then
+    _labctl "$@"
+else
+    compdef _labctl labctl
+fi
+"""
+
+FISH = r"""# labctl completion for fish:
+#   labctl completion fish > ~/.config/fish/completions/labctl.fish
+function __labctl_complete
+    set -l words (commandline -opc)[2..-1] (commandline -ct)
+    for line in (labctl __complete $words 2>/dev/null)
+        set -l field (string split \t -- $line)
+        switch $field[1]
+            case file
+                __fish_complete_path (commandline -ct)
+            case dir
+                __fish_complete_directories (commandline -ct)
+            case '*'
+                printf '%s\t%s\n' $field[2] $field[3]
+        end
+    end
+end
+complete --no-files --command labctl --arguments '(__labctl_complete)'
+"""
+
+SCRIPTS = {"bash": BASH, "zsh": ZSH, "fish": FISH}
+
+
+@command(short_help="Print the shell completion script (bash, zsh, fish).")
+@argument("shell", type=Choice(SHELLS))
 def completion(shell: str) -> None:
     """Print the shell completion script for SHELL (commands, options, and the names of
     running labs, their pods and nodes).
@@ -178,5 +287,4 @@ def completion(shell: str) -> None:
       labctl completion zsh > "${fpath[1]}/_labctl"         # then restart zsh
       labctl completion fish > ~/.config/fish/completions/labctl.fish
     """
-    root = click.get_current_context().find_root()
-    click.echo(script(root.command, shell, root.info_name or "labctl"), nl=False)
+    print(SCRIPTS[shell], end="")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import signal
 import time
 
-import click
-
-from labctl.cli.common import CONTEXT, handle_errors, print_warnings
+from labctl.cli.commands import IntRange, PathArg, UsageError, group, option
+from labctl.cli.common import print_warnings
 from labctl.errors import LabctlError
 
 
-@click.group(context_settings=CONTEXT)
+@group()
 def dns() -> None:
     """Cluster DNS: the answers CoreDNS (kubeadm's configuration) gives in a lab.
 
@@ -21,19 +20,18 @@ def dns() -> None:
     """
 
 
-@dns.command(context_settings=CONTEXT)
-@click.option("-f", "--file", "files", multiple=True, required=True,
-              type=click.Path(exists=True), help="Manifest file or folder (repeatable).")
-@click.option("--listen", default="127.0.0.1:5353", show_default=True, metavar="IP:PORT",
-              help="Address for UDP and TCP; port 0 picks a free one.")
-@click.option("--zone", "domain", metavar="DOMAIN",
-              help="Cluster domain [default: the Lab's, cluster.local].")
-@click.option("--ttl", type=click.IntRange(0, 3600), default=5, show_default=True,
-              help="TTL of the answers, in seconds.")
-@click.option("--upstream", "upstreams", multiple=True, metavar="IP[:PORT]",
-              help="Resolver for names outside the cluster (repeatable); without one "
-                   "they are answered SERVFAIL.")
-@handle_errors
+@dns.command()
+@option("-f", "--file", "files", multiple=True, required=True,
+        type=PathArg(), help="Manifest file or folder (repeatable).")
+@option("--listen", default="127.0.0.1:5353", show_default=True, metavar="IP:PORT",
+        help="Address for UDP and TCP; port 0 picks a free one.")
+@option("--zone", "domain", metavar="DOMAIN",
+        help="Cluster domain [default: the Lab's, cluster.local].")
+@option("--ttl", type=IntRange(0, 3600), default=5, show_default=True,
+        help="TTL of the answers, in seconds.")
+@option("--upstream", "upstreams", multiple=True, metavar="IP[:PORT]",
+        help="Resolver for names outside the cluster (repeatable); without one "
+             "they are answered SERVFAIL.")
 def serve(files: tuple[str, ...], listen: str, domain: str | None, ttl: int,
           upstreams: tuple[str, ...]) -> None:
     """Serve the DNS answers the lab would give for the -f files, read as a snapshot.
@@ -55,13 +53,13 @@ def serve(files: tuple[str, ...], listen: str, domain: str | None, ttl: int,
     try:
         host, port = parse_address(listen, default_port=53, any_port=True)
     except ValueError as exc:
-        raise click.BadParameter(f"{exc}; expected IP:PORT", param_hint="--listen") from None
+        raise UsageError(f"invalid value for --listen: {exc}; expected IP:PORT") from None
     for upstream in upstreams:
         try:
             parse_address(upstream)
         except ValueError as exc:
-            raise click.BadParameter(f"{exc}; expected IP[:PORT]",
-                                     param_hint="--upstream") from None
+            raise UsageError(f"invalid value for --upstream: {exc}; expected IP[:PORT]"
+                             ) from None
     zone, state, warnings = zone_from_files(files, domain, ttl, serial=int(time.time()),
                                             ns_ips=(host,))
     print_warnings(warnings)
@@ -79,7 +77,7 @@ def serve(files: tuple[str, ...], listen: str, domain: str | None, ttl: int,
         server.serve_tcp(tcp)
         bound = udp.getsockname()[1]
         where = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
-        click.echo(f"serving {zone.domain} ({len(state.services)} services) on {where} "
+        print(f"serving {zone.domain} ({len(state.services)} services) on {where} "
                    f"UDP+TCP, upstreams: {', '.join(upstreams) or 'none'}")
         signal.sigwait(stop_signals)
     finally:

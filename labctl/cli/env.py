@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import click
-
-from labctl.cli.common import CONTEXT, handle_errors, print_warnings
+from labctl.cli.commands import PathArg, argument, command, option
+from labctl.cli.common import print_warnings
 from labctl.cli.output import err
 from labctl.cluster.state import ClusterState, PodState
 from labctl.errors import LabctlError, NotFoundError
@@ -50,13 +49,12 @@ def pick_pod(state: ClusterState, target: str, namespace: str) -> PodState:
         raise
 
 
-@click.command(name="env", context_settings=CONTEXT)
-@click.argument("pod")
-@click.option("-n", "--namespace", default="default", show_default=True)
-@click.option("-c", "--container", help="Which container (default: the first).")
-@click.option("-f", "--filename", "files", multiple=True, required=True,
-              type=click.Path(exists=True), help="A YAML file or folder; repeat for more.")
-@handle_errors
+@command(name="env")
+@argument("pod")
+@option("-n", "--namespace", default="default", show_default=True)
+@option("-c", "--container", help="Which container (default: the first).")
+@option("-f", "--filename", "files", multiple=True, required=True,
+        type=PathArg(), help="A YAML file or folder; repeat for more.")
 def env(pod: str, namespace: str, container: str | None, files: tuple[str, ...]) -> None:
     """Print the environment the kubelet would give a container of POD, NAME=VALUE a line.
 
@@ -93,4 +91,4 @@ def env(pod: str, namespace: str, container: str | None, files: tuple[str, ...])
     for note in result.notes:
         err(f"note: {note}")
     for name, value in result.env:
-        click.echo(f"{name}={value}")
+        print(f"{name}={value}")

@@ -7,9 +7,7 @@ import shutil
 import subprocess
 import sys
 
-import click
-
-from labctl.cli.common import CONTEXT, handle_errors
+from labctl.cli.commands import Choice, argument, command, option
 from labctl.cluster.state import ClusterState
 from labctl.errors import LabctlError, NotFoundError
 
@@ -70,18 +68,16 @@ def rendered(state: ClusterState, fmt: str, system: bool) -> bytes:
     return proc.stdout
 
 
-@click.command(context_settings=CONTEXT,
-               short_help="Draw the lab: nodes, bridges, pods, Services → their pods.")
-@click.argument("sources", nargs=-1, metavar="[FILE...|LAB]")
-@click.option("-o", "--output", "fmt", type=click.Choice(FORMATS),
-              help="Format (default: from -w's extension — .svg .png .dot .gv .mmd — "
-                   "else dot). svg and png need Graphviz's `dot`.")
-@click.option("-w", "--write", "out", metavar="OUT",
-              help="Write the diagram to OUT instead of stdout.")
-@click.option("--no-system", is_flag=True,
-              help="Leave out the cluster's own objects (kube-system, default/kubernetes).")
-@click.option("--lab", "lab_name", help="Which running lab (default: the only one).")
-@handle_errors
+@command(short_help="Draw the lab: nodes, bridges, pods, Services → their pods.")
+@argument("sources", nargs=-1, metavar="[FILE...|LAB]")
+@option("-o", "--output", "fmt", type=Choice(FORMATS),
+        help="Format (default: from -w's extension — .svg .png .dot .gv .mmd — "
+             "else dot). svg and png need Graphviz's `dot`.")
+@option("-w", "--write", "out", metavar="OUT",
+        help="Write the diagram to OUT instead of stdout.")
+@option("--no-system", is_flag=True,
+        help="Leave out the cluster's own objects (kube-system, default/kubernetes).")
+@option("--lab", "lab_name", help="Which running lab (default: the only one).")
 def graph(sources: tuple[str, ...], fmt: str | None, out: str | None, no_system: bool,
           lab_name: str | None) -> None:
     """Draw the lab: nodes with their cni0 bridge and pod CIDR, pods (name, IP),
@@ -113,4 +109,4 @@ def graph(sources: tuple[str, ...], fmt: str | None, out: str | None, no_system:
             f.write(data)
     except OSError as exc:
         raise LabctlError(f"cannot write {out}: {exc.strerror}") from None
-    click.echo(f"wrote {out} ({fmt})")
+    print(f"wrote {out} ({fmt})")

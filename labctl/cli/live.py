@@ -7,13 +7,10 @@ import os
 import time
 from typing import Any
 
-import click
-
-from labctl.cli.common import CONTEXT, handle_errors
+from labctl.cli.commands import Choice, PathArg, argument, command, group, option
+from labctl.cli.common import lab_option
 from labctl.cli.output import table
 from labctl.errors import LabctlError, NotFoundError, UserError
-
-lab_option = click.option("--lab", "lab_name", help="Which lab (default: the only one).")
 
 
 def ask(lab: str, payload: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
@@ -67,20 +64,19 @@ def _wait_for(lab: str, key: str, want_ready: bool, timeout: float) -> bool:
     return False
 
 
-@click.command(name="break", context_settings=CONTEXT)
-@click.argument("kind", type=click.Choice(["pod"]))
-@click.argument("name")
-@click.option("--readiness", "what", flag_value="readiness",
-              help="Its readiness probes fail: it leaves every Service's endpoints.")
-@click.option("--liveness", "what", flag_value="liveness",
-              help="Its liveness probes fail: its containers are restarted.")
-@click.option("--crash", "what", flag_value="crash",
-              help="Its containers exit at once, at every start: CrashLoopBackOff.")
-@click.option("--wait", "wait", is_flag=True,
-              help="With --readiness: return once the pod is not ready (≤ 60 s).")
-@click.option("-n", "--namespace", default="default", show_default=True)
+@command(name="break")
+@argument("kind", type=Choice(["pod"]))
+@argument("name")
+@option("--readiness", "what", flag_value="readiness",
+        help="Its readiness probes fail: it leaves every Service's endpoints.")
+@option("--liveness", "what", flag_value="liveness",
+        help="Its liveness probes fail: its containers are restarted.")
+@option("--crash", "what", flag_value="crash",
+        help="Its containers exit at once, at every start: CrashLoopBackOff.")
+@option("--wait", "wait", is_flag=True,
+        help="With --readiness: return once the pod is not ready (≤ 60 s).")
+@option("-n", "--namespace", default="default", show_default=True)
 @lab_option
-@handle_errors
 def break_(kind: str, name: str, what: str | None, wait: bool, namespace: str,
            lab_name: str | None) -> None:
     """Make a pod fail, to watch the cluster react (`labctl events -w`).
@@ -110,20 +106,19 @@ def break_(kind: str, name: str, what: str | None, wait: bool, namespace: str,
     lab = lifecycle.pick_lab(lab_name)
     key = _pod_key(lab, name, namespace)
     ask(lab, {"op": "break", "pod": key, "what": what})
-    click.echo(f"pod/{key.partition('/')[2]} broken ({what})")
+    print(f"pod/{key.partition('/')[2]} broken ({what})")
     if wait and what == "readiness":
         if not _wait_for(lab, key, False, 60.0):
             raise LabctlError(f"pod {key} is still ready after 60 s")
-        click.echo(f"pod/{key.partition('/')[2]} is not ready")
+        print(f"pod/{key.partition('/')[2]} is not ready")
 
 
-@click.command(context_settings=CONTEXT)
-@click.argument("kind", type=click.Choice(["pod"]))
-@click.argument("name")
-@click.option("--wait", "wait", is_flag=True, help="Return once the pod is ready (≤ 60 s).")
-@click.option("-n", "--namespace", default="default", show_default=True)
+@command()
+@argument("kind", type=Choice(["pod"]))
+@argument("name")
+@option("--wait", "wait", is_flag=True, help="Return once the pod is ready (≤ 60 s).")
+@option("-n", "--namespace", default="default", show_default=True)
 @lab_option
-@handle_errors
 def heal(kind: str, name: str, wait: bool, namespace: str, lab_name: str | None) -> None:
     """Undo `labctl break`: probes ask the containers again, crashes stop. The pod is
     back in its Services once its readiness probe succeeds.
@@ -136,11 +131,11 @@ def heal(kind: str, name: str, wait: bool, namespace: str, lab_name: str | None)
     lab = lifecycle.pick_lab(lab_name)
     key = _pod_key(lab, name, namespace)
     ask(lab, {"op": "heal", "pod": key})
-    click.echo(f"pod/{key.partition('/')[2]} healed")
+    print(f"pod/{key.partition('/')[2]} healed")
     if wait:
         if not _wait_for(lab, key, True, 60.0):
             raise LabctlError(f"pod {key} is not ready after 60 s")
-        click.echo(f"pod/{key.partition('/')[2]} is ready")
+        print(f"pod/{key.partition('/')[2]} is ready")
 
 
 def _workload(target: str) -> tuple[str, str]:
@@ -155,12 +150,11 @@ def _workload(target: str) -> tuple[str, str]:
     return kinds[kind], name
 
 
-@click.command(context_settings=CONTEXT)
-@click.argument("target")
-@click.option("--replicas", type=int, required=True, help="How many pods it should run.")
-@click.option("-n", "--namespace", default="default", show_default=True)
+@command()
+@argument("target")
+@option("--replicas", type=int, required=True, help="How many pods it should run.")
+@option("-n", "--namespace", default="default", show_default=True)
 @lab_option
-@handle_errors
 def scale(target: str, replicas: int, namespace: str, lab_name: str | None) -> None:
     """Set how many pods a Deployment or StatefulSet runs, like kubectl scale.
 
@@ -179,25 +173,24 @@ def scale(target: str, replicas: int, namespace: str, lab_name: str | None) -> N
     lab = lifecycle.pick_lab(lab_name)
     reply = ask(lab, {"op": "scale", "kind": kind, "namespace": namespace, "name": name,
                       "replicas": replicas}, timeout=120.0)
-    click.echo(f"{kind.lower()}.apps/{name} scaled")
+    print(f"{kind.lower()}.apps/{name} scaled")
     for key in reply.get("added", []):
-        click.echo(f"  pod/{key.partition('/')[2]} created")
+        print(f"  pod/{key.partition('/')[2]} created")
     for key in reply.get("terminating", []):
-        click.echo(f"  pod/{key.partition('/')[2]} terminating")
+        print(f"  pod/{key.partition('/')[2]} terminating")
 
 
-@click.command(context_settings=CONTEXT)
-@click.argument("args", nargs=-1)
-@click.option("-f", "--filename", "files", multiple=True, type=click.Path(exists=True),
-              help="Delete the objects these manifests describe.")
-@click.option("--grace-period", type=int, default=None,
-              help="Seconds before SIGKILL (default: the pod's "
-                   "terminationGracePeriodSeconds).")
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Return once the pods are gone.")
-@click.option("-n", "--namespace", default="default", show_default=True)
+@command()
+@argument("args", nargs=-1)
+@option("-f", "--filename", "files", multiple=True, type=PathArg(),
+        help="Delete the objects these manifests describe.")
+@option("--grace-period", type=int, default=None,
+        help="Seconds before SIGKILL (default: the pod's "
+             "terminationGracePeriodSeconds).")
+@option("--wait/--no-wait", default=True, show_default=True,
+        help="Return once the pods are gone.")
+@option("-n", "--namespace", default="default", show_default=True)
 @lab_option
-@handle_errors
 def delete(args: tuple[str, ...], files: tuple[str, ...], grace_period: int | None,
            wait: bool, namespace: str, lab_name: str | None) -> None:
     """Delete a pod (gracefully) or the objects of manifests, like kubectl delete.
@@ -224,7 +217,7 @@ def delete(args: tuple[str, ...], files: tuple[str, ...], grace_period: int | No
         objects = _objects_in(files, lab)
         reply = ask(lab, {"op": "delete", "objects": objects, "wait": wait}, timeout=timeout)
         for kind, _ns, name in objects:
-            click.echo(f"{_kubectl_kind(kind)}/{name} deleted")
+            print(f"{_kubectl_kind(kind)}/{name} deleted")
         return
     if len(args) != 2 or args[0] not in ("pod", "pods", "po"):
         raise UserError("expected `labctl delete pod NAME` or `labctl delete -f FILE`")
@@ -235,9 +228,9 @@ def delete(args: tuple[str, ...], files: tuple[str, ...], grace_period: int | No
             raise UserError(f"--grace-period must be 0 or more, not {grace_period}")
         payload["grace"] = grace_period
     reply = ask(lab, payload, timeout=timeout)
-    click.echo(f'pod "{key.partition("/")[2]}" deleted')
+    print(f'pod "{key.partition("/")[2]}" deleted')
     for new in reply.get("added", []):
-        click.echo(f"  replaced by pod/{new.partition('/')[2]}")
+        print(f"  replaced by pod/{new.partition('/')[2]}")
 
 
 def _kubectl_kind(kind: str) -> str:
@@ -260,10 +253,9 @@ def _objects_in(files: tuple[str, ...], lab: str) -> list[list[str]]:
     return out
 
 
-@click.command(context_settings=CONTEXT)
-@click.option("-w", "--watch", is_flag=True, help="Keep printing new events (Ctrl-C ends).")
+@command()
+@option("-w", "--watch", is_flag=True, help="Keep printing new events (Ctrl-C ends).")
 @lab_option
-@handle_errors
 def events(watch: bool, lab_name: str | None) -> None:
     """Show the lab's events, oldest first, like kubectl get events: probes failing,
     endpoints changing, rules synced on each node (and how long it took), containers
@@ -289,12 +281,12 @@ def events(watch: bool, lab_name: str | None) -> None:
                 for e in evs]
 
     if not found and not watch:
-        click.echo("No events.")
+        print("No events.")
         return
     if found:
-        click.echo(table(headers, rows(found)))
+        print(table(headers, rows(found)))
     elif watch:
-        click.echo("   ".join(headers))
+        print("   ".join(headers))
     if not watch:
         return
     try:
@@ -302,12 +294,12 @@ def events(watch: bool, lab_name: str | None) -> None:
             time.sleep(0.2)
             new, offset = read(path, offset)
             for row in rows(new):
-                click.echo("  ".join(row))
+                print("  ".join(row))
     except KeyboardInterrupt:
         pass
 
 
-@click.group(context_settings=CONTEXT)
+@group()
 def agent() -> None:
     """The lab's agent (the controller) and pod host (the containers).
 
@@ -316,9 +308,8 @@ def agent() -> None:
     """
 
 
-@agent.command(name="restart", context_settings=CONTEXT)
+@agent.command(name="restart")
 @lab_option
-@handle_errors
 def agent_restart(lab_name: str | None) -> None:
     """Start a new agent for a running lab (stopping the old one if it still runs).
 
@@ -333,4 +324,4 @@ def agent_restart(lab_name: str | None) -> None:
 
     lab = lifecycle.pick_lab(lab_name)
     pid = lifecycle.restart_agent(lab)
-    click.echo(f"agent for lab {lab!r} running (pid {pid})")
+    print(f"agent for lab {lab!r} running (pid {pid})")

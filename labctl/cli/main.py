@@ -8,9 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
-import click
-
-from labctl.cli.common import CONTEXT, check_output, handle_errors, output_option, print_warnings
+from labctl.cli.commands import Choice, PathArg, argument, group, option
+from labctl.cli.common import check_output, lab_option, output_option, print_warnings
 from labctl.cli.output import age, err, table, timings_text
 from labctl.errors import LabctlError
 
@@ -29,26 +28,7 @@ LAZY = {
 }
 
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *LAZY})
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self.commands or name not in LAZY:
-            return super().get_command(ctx, name)
-        import importlib
-
-        from labctl.cli.completion import attach_completions
-
-        module, _, attr = LAZY[name].partition(":")
-        cmd: click.Command = getattr(importlib.import_module(module), attr)
-        attach_completions(cmd, name)
-        self.add_command(cmd, name)
-        return cmd
-
-
-@click.group(cls=LazyGroup, context_settings=CONTEXT)
-@click.version_option(package_name="labctl")
+@group("labctl", lazy=LAZY, version_of="labctl")
 def cli() -> None:
     """Build a real Kubernetes Service network on this host from ordinary manifests.
 
@@ -68,9 +48,8 @@ def cli() -> None:
 # ------------------------------------------------------------------ offline commands
 
 
-@cli.command(context_settings=CONTEXT)
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
-@handle_errors
+@cli.command()
+@argument("files", nargs=-1, required=True, type=PathArg())
 def validate(files: tuple[str, ...]) -> None:
     """Check FILES (YAML files or folders) without building anything.
 
@@ -84,13 +63,12 @@ def validate(files: tuple[str, ...]) -> None:
 
     state, plan, warnings = prepare(files)
     print_warnings(warnings, show_info=True)
-    click.echo(f"ok: lab {state.lab.name!r}: {len(state.nodes)} nodes, {len(state.pods)} pods, "
+    print(f"ok: lab {state.lab.name!r}: {len(state.nodes)} nodes, {len(state.pods)} pods, "
                f"{len(state.services)} services, proxy mode {state.lab.proxy_mode}")
 
 
-@cli.command(context_settings=CONTEXT)
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
-@handle_errors
+@cli.command()
+@argument("files", nargs=-1, required=True, type=PathArg())
 def plan(files: tuple[str, ...]) -> None:
     """Print the lab FILES describe as the equivalent shell commands (no root needed):
     ip and sysctl for the network, then iptables-restore / nft input for each node.
@@ -109,24 +87,23 @@ def print_plan(files: tuple[str, ...], name: str | None = None) -> None:
 
     state, the_plan, warnings = prepare(files, name)
     print_warnings(warnings)
-    click.echo("\n".join(commands(the_plan)))
-    click.echo("# kube-proxy: each node's first ruleset load")
-    click.echo("\n".join(load_commands(state)))
+    print("\n".join(commands(the_plan)))
+    print("# kube-proxy: each node's first ruleset load")
+    print("\n".join(load_commands(state)))
 
 
 # ------------------------------------------------------------------ lifecycle
 
 
-@cli.command(context_settings=CONTEXT)
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--dry-run", is_flag=True, help="Print the plan as commands; create nothing.")
-@click.option("--tour", is_flag=True, help="After building, show the pods and a cross-node "
-              "request.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@cli.command()
+@argument("files", nargs=-1, required=True, type=PathArg())
+@option("--dry-run", is_flag=True, help="Print the plan as commands; create nothing.")
+@option("--tour", is_flag=True, help="After building, show the pods and a cross-node "
+        "request.")
+@option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @output_option
-@click.option("--name", help="Name the lab NAME instead of its metadata.name (a second "
-              "copy of the same files, or a test's own lab).")
-@handle_errors
+@option("--name", help="Name the lab NAME instead of its metadata.name (a second "
+        "copy of the same files, or a test's own lab).")
 def up(files: tuple[str, ...], dry_run: bool, tour: bool, quiet: bool, fmt: str | None,
        name: str | None) -> None:
     """Build the lab FILES describe and start its agent.
@@ -158,28 +135,27 @@ def up(files: tuple[str, ...], dry_run: bool, tour: bool, quiet: bool, fmt: str 
     print_warnings(result.warnings)
     st, ms = result.state, report.as_ms(result.timings)
     if fmt == "json":
-        click.echo(report.to_json(report.lab_report(
+        print(report.to_json(report.lab_report(
             "up", st.lab.name, st, ms, adopted=result.adopted, agentPid=result.agent_pid)))
         return
     if result.adopted:
-        click.echo(f"lab {st.lab.name!r} was up but its agent had died: a new agent (pid "
+        print(f"lab {st.lab.name!r} was up but its agent had died: a new agent (pid "
                    f"{result.agent_pid}) adopted it; nothing was rebuilt")
         return
-    click.echo(f"lab {st.lab.name!r} is up: {report.headline(st)}\n")
-    click.echo(report.summary(st, ms))
+    print(f"lab {st.lab.name!r} is up: {report.headline(st)}\n")
+    print(report.summary(st, ms))
     if tour:
         from labctl.cli.tour import tour as run_tour
 
         run_tour(st)
-    click.echo(f"explore: labctl get pods -o wide | labctl exec POD -- CMD | "
+    print(f"explore: labctl get pods -o wide | labctl exec POD -- CMD | "
                f"take it down: labctl down {st.lab.name}")
 
 
-@cli.command(context_settings=CONTEXT)
-@click.argument("lab", required=False)
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@cli.command()
+@argument("lab", required=False)
+@option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @output_option
-@handle_errors
 def down(lab: str | None, quiet: bool, fmt: str | None) -> None:
     """Take LAB down (the only lab when not named). Safe to repeat.
 
@@ -200,28 +176,27 @@ def down(lab: str | None, quiet: bool, fmt: str | None) -> None:
     check_output(fmt, quiet)
     if lab is None and not store.known_labs():
         if fmt == "json":
-            click.echo(report.to_json(report.lab_report("down", None, None, {"total": 0.0},
+            print(report.to_json(report.lab_report("down", None, None, {"total": 0.0},
                                                         namespacesRemoved=0)))
         elif not quiet:
-            click.echo("no lab is up")
+            print("no lab is up")
         return
     lab = lab or lifecycle.pick_lab(None)
     done = lifecycle.take_down(lab, PhaseProgress(lines=not quiet and fmt is None,
                                                   bar=False))
     ms = report.as_ms(done.timings)
     if fmt == "json":
-        click.echo(report.to_json(report.lab_report("down", lab, None, ms,
+        print(report.to_json(report.lab_report("down", lab, None, ms,
                                                     namespacesRemoved=done.namespaces)))
     elif not quiet:
-        click.echo(f"lab {lab!r} is down ({done.namespaces} namespaces removed)")
+        print(f"lab {lab!r} is down ({done.namespaces} namespaces removed)")
         if done.timings:  # nothing was there: nothing to time
-            click.echo(f"timings: {timings_text(ms)}")
+            print(f"timings: {timings_text(ms)}")
 
 
-@cli.command(context_settings=CONTEXT)
-@click.option("--all", "everything", is_flag=True,
-              help="Also remove labs that are up and healthy.")
-@handle_errors
+@cli.command()
+@option("--all", "everything", is_flag=True,
+        help="Also remove labs that are up and healthy.")
 def clean(everything: bool) -> None:
     """Remove what crashed labs left behind, found by labctl's ownership marks.
 
@@ -236,13 +211,12 @@ def clean(everything: bool) -> None:
 
     removed = lifecycle.clean(everything)
     if not removed:
-        click.echo("nothing to clean")
+        print("nothing to clean")
     for lab, count in removed:
-        click.echo(f"removed lab {lab!r} ({count} namespaces)")
+        print(f"removed lab {lab!r} ({count} namespaces)")
 
 
-@cli.command(context_settings=CONTEXT)
-@handle_errors
+@cli.command()
 def status() -> None:
     """List the labs on this host and whether each is healthy.
 
@@ -258,32 +232,28 @@ def status() -> None:
                      st.agent_pid or "-", age(st.created) if st.created else "-",
                      ",".join(os.path.relpath(f) for f in rec.files) if rec else "-"])
     if not rows:
-        click.echo("no lab is up")
+        print("no lab is up")
         return
-    click.echo(table(["LAB", "STATUS", "NAMESPACES", "AGENT", "AGE", "FILES"], rows))
+    print(table(["LAB", "STATUS", "NAMESPACES", "AGENT", "AGE", "FILES"], rows))
     hints = {"AGENT-DEAD": "the agent died (traffic still flows): `labctl agent restart "
                            "--lab LAB` adopts the lab",
              "BROKEN": "an `up` was killed halfway: run `labctl clean`",
              "LEFTOVER": "namespaces without a lab record: run `labctl clean`",
              "KERNEL-GONE": "its namespaces are gone (a reboot?): `labctl down LAB`, then up"}
     for status_ in sorted({r[1] for r in rows} & set(hints)):
-        click.echo(f"hint: {hints[status_]}")
+        print(f"hint: {hints[status_]}")
 
 
 # ------------------------------------------------------------------ inspection
 
-lab_option = click.option("--lab", "lab_name", help="Which lab (default: the only one).")
-
-
-@cli.command(context_settings=CONTEXT)
-@click.argument("resource", type=click.Choice(
+@cli.command()
+@argument("resource", type=Choice(
     ["pods", "pod", "po", "nodes", "node", "no", "services", "service", "svc",
      "endpoints", "ep", "endpointslices", "endpointslice"]))
-@click.option("-o", "--output", "fmt", type=click.Choice(["wide", "json", "yaml"]))
-@click.option("-n", "--namespace", default="default", show_default=True)
-@click.option("-A", "--all-namespaces", is_flag=True)
+@option("-o", "--output", "fmt", type=Choice(["wide", "json", "yaml"]))
+@option("-n", "--namespace", default="default", show_default=True)
+@option("-A", "--all-namespaces", is_flag=True)
 @lab_option
-@handle_errors
 def get(resource: str, fmt: str | None, namespace: str, all_namespaces: bool,
         lab_name: str | None) -> None:
     """Show pods, nodes, services or endpoints of a running lab, like kubectl.
@@ -302,17 +272,16 @@ def get(resource: str, fmt: str | None, namespace: str, all_namespaces: bool,
     rec = store.load(lab)
     state = store.state_of(lab)
     states = pod_states(store.state_dir(lab)) if KINDS[resource] == "pods" else None
-    click.echo(show(state, resource, fmt, None if all_namespaces else namespace,
+    print(show(state, resource, fmt, None if all_namespaces else namespace,
                     rec.created if rec else 0.0, states))
 
 
-@cli.command(name="exec", context_settings={**CONTEXT, "ignore_unknown_options": True})
-@click.argument("target")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("-c", "--container", help="Container (processes share the pod's network).")
-@click.option("-n", "--namespace", default="default", show_default=True)
+@cli.command(name="exec")
+@argument("target")
+@argument("command", nargs=-1, required=True, rest=True)
+@option("-c", "--container", help="Container (processes share the pod's network).")
+@option("-n", "--namespace", default="default", show_default=True)
 @lab_option
-@handle_errors
 def exec_(target: str, command: tuple[str, ...], container: str | None, namespace: str,
           lab_name: str | None) -> None:
     """Run COMMAND inside a pod's, a node's or the `external` client's network namespace.
@@ -340,13 +309,12 @@ def exec_(target: str, command: tuple[str, ...], container: str | None, namespac
     os.execvpe("ip", argv, env)
 
 
-@cli.command(context_settings=CONTEXT)
-@click.argument("pod")
-@click.option("-c", "--container")
-@click.option("-n", "--namespace", default="default", show_default=True)
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@cli.command()
+@argument("pod")
+@option("-c", "--container")
+@option("-n", "--namespace", default="default", show_default=True)
+@option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @lab_option
-@handle_errors
 def logs(pod: str, container: str | None, namespace: str, follow: bool,
          lab_name: str | None) -> None:
     """Print a container's log: its process output, or the built-in server's requests.
@@ -379,10 +347,13 @@ def logs(pod: str, container: str | None, namespace: str, follow: bool,
 
 
 def main() -> None:
-    from labctl.cli.completion import attach_completions
+    args = sys.argv[1:]
+    if args[:1] == ["__complete"]:  # the shell completion scripts ask (cli/completion.py)
+        from labctl.cli.completion import respond
 
-    attach_completions(cli)  # lab, pod and node names for shell completion
-    cli(prog_name="labctl")
+        sys.stdout.write(respond(cli, args[1:]))
+        return
+    cli.main(args, "labctl")
 
 
 if __name__ == "__main__":

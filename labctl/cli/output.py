@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import click
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -45,5 +44,5 @@ def timings_text(timings_ms: Mapping[str, float]) -> str:
 
 
 def err(text: str) -> None:
-    click.echo(text, err=True)
+    sys.stderr.write(text + "\n")
 

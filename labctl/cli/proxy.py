@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import click
-
-from labctl.cli.common import CONTEXT, handle_errors
+from labctl.cli.commands import Choice, PathArg, argument, command, group, option
+from labctl.cli.common import lab_option
 from labctl.cli.output import err
 from labctl.errors import LabctlError
 
@@ -26,12 +25,11 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-@click.command(context_settings=CONTEXT)
-@click.argument("node")
-@click.option("--service", "service", metavar="NS/NAME",
-              help="Only the rules of one Service (NAME alone means namespace default).")
-@click.option("--lab", "lab_name", help="Which lab (default: the only one).")
-@handle_errors
+@command()
+@argument("node")
+@option("--service", "service", metavar="NS/NAME",
+        help="Only the rules of one Service (NAME alone means namespace default).")
+@lab_option
 def rules(node: str, service: str | None, lab_name: str | None) -> None:
     """Show the rules kube-proxy installed in NODE, read back from the kernel.
 
@@ -52,10 +50,10 @@ def rules(node: str, service: str | None, lab_name: str | None) -> None:
     if node not in [n.name for n in state.nodes]:
         raise LabctlError(f"no node named {node!r}; nodes: "
                           f"{', '.join(n.name for n in state.nodes)}")
-    click.echo(node_rules(state, node, service), nl=False)
+    print(node_rules(state, node, service), end="")
 
 
-@click.group(context_settings=CONTEXT)
+@group()
 def proxy() -> None:
     """What kube-proxy would program, without a lab.
 
@@ -65,27 +63,26 @@ def proxy() -> None:
     """
 
 
-@proxy.command(context_settings=CONTEXT)
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--mode", type=click.Choice(RENDER_MODES), default="iptables", show_default=True,
-              help=f"kube-proxy's mode; {USERSPACE_NOTE}.")
-@click.option("--node-name", required=True, help="The node kube-proxy runs on (decides which "
-              "endpoints are local).")
-@click.option("--node-ip", "node_ips", required=True, help="The node's IP (comma-separated "
-              "for several).")
-@click.option("--cluster-cidr", default="", help="Pod range; traffic from outside it to a "
-              "ClusterIP is masqueraded (kube-proxy's --cluster-cidr).")
-@click.option("--service-cidr", default="", help="Service range (nftables: unallocated "
-              "ClusterIPs are dropped).")
-@click.option("--nodeport-addresses", default="", help="Comma-separated CIDRs NodePorts "
-              "listen on (default: every local address).")
-@click.option("--masquerade-all", is_flag=True, help="SNAT all traffic to ClusterIPs.")
-@click.option("--no-localhost-nodeports", is_flag=True,
-              help="Do not accept NodePort traffic to 127.0.0.1 (iptables mode).")
-@click.option("--ipvs-scheduler", default="rr", show_default=True,
-              type=click.Choice(SCHEDULERS),
-              help="IPVS scheduler of every virtual server (ipvs mode).")
-@handle_errors
+@proxy.command()
+@argument("files", nargs=-1, required=True, type=PathArg())
+@option("--mode", type=Choice(RENDER_MODES), default="iptables", show_default=True,
+        help=f"kube-proxy's mode; {USERSPACE_NOTE}.")
+@option("--node-name", required=True, help="The node kube-proxy runs on (decides which "
+        "endpoints are local).")
+@option("--node-ip", "node_ips", required=True, help="The node's IP (comma-separated "
+        "for several).")
+@option("--cluster-cidr", default="", help="Pod range; traffic from outside it to a "
+        "ClusterIP is masqueraded (kube-proxy's --cluster-cidr).")
+@option("--service-cidr", default="", help="Service range (nftables: unallocated "
+        "ClusterIPs are dropped).")
+@option("--nodeport-addresses", default="", help="Comma-separated CIDRs NodePorts "
+        "listen on (default: every local address).")
+@option("--masquerade-all", is_flag=True, help="SNAT all traffic to ClusterIPs.")
+@option("--no-localhost-nodeports", is_flag=True,
+        help="Do not accept NodePort traffic to 127.0.0.1 (iptables mode).")
+@option("--ipvs-scheduler", default="rr", show_default=True,
+        type=Choice(SCHEDULERS),
+        help="IPVS scheduler of every virtual server (ipvs mode).")
 def render(files: tuple[str, ...], mode: str, node_name: str, node_ips: str, cluster_cidr: str,
            service_cidr: str, nodeport_addresses: str, masquerade_all: bool,
            no_localhost_nodeports: bool, ipvs_scheduler: str) -> None:
@@ -127,26 +124,25 @@ def render(files: tuple[str, ...], mode: str, node_name: str, node_ips: str, clu
     if mode == "iptables":
         from labctl.proxy import iptables
 
-        click.echo(iptables.render(inp).payload(), nl=False)
+        print(iptables.render(inp).payload(), end="")
     elif mode == "userspace":
         from labctl.proxy import userspace
 
         rs = userspace.render(inp)
-        click.echo(rs.describe() + rs.payload(), nl=False)
+        print(rs.describe() + rs.payload(), end="")
     elif mode == "ipvs":
         from labctl.proxy import ipvs
 
-        click.echo(ipvs.render(inp).payload(), nl=False)
+        print(ipvs.render(inp).payload(), end="")
     else:
         from labctl.proxy import nftables
 
-        click.echo(nftables.render(inp).payload(), nl=False)
+        print(nftables.render(inp).payload(), end="")
 
 
-@click.command(name="proxy-mode", context_settings=CONTEXT)
-@click.argument("mode", type=click.Choice(RENDER_MODES))
-@click.option("--lab", "lab_name", help="Which lab (default: the only one).")
-@handle_errors
+@command(name="proxy-mode")
+@argument("mode", type=Choice(RENDER_MODES))
+@lab_option
 def proxy_mode(mode: str, lab_name: str | None) -> None:
     """Switch a running lab's kube-proxy to MODE: the old rules are removed from every
     node and the new ones loaded; pods and connections stay. ipvs needs a kernel with
@@ -167,7 +163,7 @@ def proxy_mode(mode: str, lab_name: str | None) -> None:
     lab = lifecycle.pick_lab(lab_name)
     old, times = lifecycle.set_proxy_mode(lab, mode)
     if old == mode:
-        click.echo(f"lab {lab!r} already runs kube-proxy in {mode} mode")
+        print(f"lab {lab!r} already runs kube-proxy in {mode} mode")
         return
-    click.echo(f"lab {lab!r}: kube-proxy switched from {old} to {mode} on "
+    print(f"lab {lab!r}: kube-proxy switched from {old} to {mode} on "
                f"{len(times)} nodes ({sum(times.values()) * 1000:.0f} ms)")

@@ -5,27 +5,24 @@ from __future__ import annotations
 import json
 import os
 
-import click
-
-from labctl.cli.common import CONTEXT, handle_errors
+from labctl.cli.commands import Choice, FloatRange, argument, command, option
+from labctl.cli.common import lab_option
 from labctl.errors import LabctlError
 
 
-@click.command(context_settings=CONTEXT,
-               short_help="Follow one probe packet through every hook and rule it meets.")
-@click.argument("pod")
-@click.argument("dest", metavar="DEST[:PORT]")
-@click.option("--proto", type=click.Choice(["tcp", "udp", "icmp"]),
-              help="Protocol of the probe (default: the port's own, else tcp).")
-@click.option("-n", "--namespace", default="default", show_default=True,
-              help="Namespace of POD and of a Service or pod named without NS/.")
-@click.option("--timeout", type=click.FloatRange(min=0.1, max=30), default=2.0,
-              show_default=True, metavar="SECONDS", help="How long the probe waits for an "
-              "answer.")
-@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
-@click.option("--lab", "lab_name", help="Which lab (default: the only one).")
-@handle_errors
+@command(short_help="Follow one probe packet through every hook and rule it meets.")
+@argument("pod")
+@argument("dest", metavar="DEST[:PORT]")
+@option("--proto", type=Choice(["tcp", "udp", "icmp"]),
+        help="Protocol of the probe (default: the port's own, else tcp).")
+@option("-n", "--namespace", default="default", show_default=True,
+        help="Namespace of POD and of a Service or pod named without NS/.")
+@option("--timeout", type=FloatRange(0.1, 30), default=2.0,
+        show_default=True, metavar="SECONDS", help="How long the probe waits for an "
+        "answer.")
+@option("-o", "--output", "fmt", type=Choice(["text", "json"]), default="text",
+        show_default=True)
+@lab_option
 def trace(pod: str, dest: str, proto: str | None, namespace: str, timeout: float, fmt: str,
           lab_name: str | None) -> None:
     """Send one probe from POD to DEST and show the packet's walk: every netfilter hook
@@ -88,10 +85,10 @@ def trace(pod: str, dest: str, proto: str | None, namespace: str, timeout: float
                           "(run it with sudo)")
     result = tracing.run(lab, state, src, destination, timeout)
     if fmt == "json":
-        click.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+        print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
         return
     d, o = result.destination, result.outcome
     lines = report.header(d.protocol, result.source, d.ip, d.port, d.what, lab, result.mode)
     lines.append(report.outcome_line(o.result, o.detail, o.seconds, o.reply))
     lines += report.render_walk(result.walk)
-    click.echo("\n".join(lines))
+    print("\n".join(lines))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from labctl.errors import Diagnostic, Pos, UserError
 from labctl.exercise import placeholders
@@ -208,7 +208,7 @@ def parse(text: str, file: str) -> Exercise:
     exercise = _Builder(file, report).build(docs[0]) if docs else None
     errors = [d for d in report.diagnostics if d.severity == "error"]
     if errors or exercise is None:
-        raise UserError([d if d.hint else replace(d, hint=FORMAT_HINT)
+        raise UserError([d if d.hint else d._replace(hint=FORMAT_HINT)
                          for d in report.sorted([file])])
     return exercise
 

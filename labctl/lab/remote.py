@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from labctl.errors import LabctlError, NotFoundError
+from labctl.lab import registry
 
 
 class AppliedUserError(LabctlError):
@@ -25,16 +25,26 @@ class AppliedUserError(LabctlError):
         self.exit_code = exit_code
 
 
-@dataclass
 class ApplyResult:
-    lab: str
-    changes: list[tuple[str, str]]  # (kind/name, created | configured | deleted)
-    synced: dict[str, float] = field(default_factory=dict)
-    pods: dict[str, list[str]] = field(default_factory=dict)  # created / terminating
-    proxy_mode: tuple[str, str] | None = None  # (old, new) when the mode changes
-    warnings: list[str] = field(default_factory=list)  # formatted
-    commands: list[str] = field(default_factory=list)  # dry run: the kernel change
-    timings: dict[str, float] = field(default_factory=dict)  # the agent's phases, in ms
+    """What an apply did (a plain class: no dataclasses import on this light path)."""
+
+    def __init__(self, lab: str, changes: list[tuple[str, str]],
+                 synced: dict[str, float] | None = None,
+                 pods: dict[str, list[str]] | None = None,
+                 proxy_mode: tuple[str, str] | None = None,
+                 warnings: list[str] | None = None, commands: list[str] | None = None,
+                 timings: dict[str, float] | None = None) -> None:
+        self.lab = lab
+        self.changes = changes  # (kind/name, created | configured | deleted)
+        self.synced = synced or {}  # node → milliseconds its rules took
+        self.pods = pods or {}  # created / terminating → pod keys
+        self.proxy_mode = proxy_mode  # (old, new) when the mode changes
+        self.warnings = warnings or []  # formatted
+        self.commands = commands or []  # dry run: the kernel change
+        self.timings = timings or {}  # the agent's phases, in ms
+
+    def __repr__(self) -> str:
+        return f"ApplyResult({self.lab!r}, changes={self.changes!r})"
 
 
 def apply(lab: str, paths: Sequence[str], dry_run: bool = False) -> ApplyResult:
@@ -45,15 +55,14 @@ def apply(lab: str, paths: Sequence[str], dry_run: bool = False) -> ApplyResult:
     Invalid files change nothing: every error is reported (exit 2). Running pods keep
     the environment they started with, as with a kubelet."""
     from labctl.agent import control
-    from labctl.lab import store
 
-    if store.load(lab) is None:
+    if not registry.recorded(lab):
         raise NotFoundError(f"lab {lab!r} is not up")
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise LabctlError(f"no such file or folder: {', '.join(missing)}")
-    sdir = store.state_dir(lab)
-    with store.locked(lab):
+    sdir = registry.state_dir(lab)
+    with registry.locked(lab):
         if control.agent_pid(sdir) is None:
             raise LabctlError(f"lab {lab!r} has no running agent; start one with "
                               f"`labctl agent restart --lab {lab}` (or `labctl up`)")

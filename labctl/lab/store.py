@@ -3,30 +3,37 @@
 The record says which files the lab came from and keeps a copy of them, so every later
 command recompiles the very same ClusterState (compile is pure and deterministic)
 without re-reading files the user may have edited since.
+
+Finding labs (state_dir, known_labs, pick_lab) and the per-lab lock live in the light
+`registry`, re-exported here; the ClusterState pickles and live.json are here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copyreg
-import fcntl
 import json
 import os
 import pickle
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from labctl import names
 from labctl.errors import LabctlError, NotFoundError
+from labctl.lab.registry import (  # noqa: F401 - re-exported: store's public names
+    RECORD,
+    known_labs,
+    locked,
+    pick_lab,
+    record_path,
+    state_dir,
+)
 from labctl.model.manifest_files import folder_manifests
 
 if TYPE_CHECKING:  # imported where needed: `labctl apply`'s client never needs it
     from labctl.cluster.state import ClusterState
 
-RECORD = "lab.json"
 MANIFESTS = "manifests"
 STATE = "state.pickle"  # the ClusterState the lab runs now (readiness applied)
 LIVE = "live.json"  # what made it differ from the manifests: Runtime and readiness
@@ -52,14 +59,6 @@ class LabRecord:
     proxy_mode: str = ""  # set by `labctl proxy-mode`: overrides the Lab's spec.proxyMode
 
 
-def state_dir(lab: str) -> str:
-    return names.state_dir(lab)
-
-
-def record_path(lab: str) -> str:
-    return os.path.join(state_dir(lab), RECORD)
-
-
 def save(rec: LabRecord) -> None:
     path = record_path(rec.name)
     tmp = path + ".tmp"
@@ -74,14 +73,6 @@ def load(lab: str) -> LabRecord | None:
             return LabRecord(**json.load(f))
     except (FileNotFoundError, json.JSONDecodeError, TypeError):
         return None
-
-
-def known_labs() -> list[str]:
-    try:
-        return sorted(d for d in os.listdir(names.STATE_ROOT)
-                      if os.path.isdir(os.path.join(names.STATE_ROOT, d)) and not d.startswith("."))
-    except FileNotFoundError:
-        return []
 
 
 def create(lab: str, files: Sequence[str]) -> LabRecord:
@@ -119,25 +110,6 @@ def remove(lab: str) -> None:
     import shutil
 
     shutil.rmtree(state_dir(lab), ignore_errors=True)
-
-
-@contextlib.contextmanager
-def locked(lab: str, timeout: float = 30.0) -> Iterator[None]:
-    """Serialise commands that change one lab (different labs run in parallel)."""
-    lock_dir = os.path.join(names.STATE_ROOT, ".locks")
-    os.makedirs(lock_dir, exist_ok=True)
-    with open(os.path.join(lock_dir, f"{lab}.lock"), "w") as f:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LabctlError(f"lab {lab!r} is busy: another labctl command holds its "
-                                      "lock") from None
-                time.sleep(0.05)
-        yield
 
 
 def state_of(lab: str) -> ClusterState:
@@ -258,18 +230,3 @@ def replace_manifests(lab: str, files: Sequence[str]) -> None:
     if rec is not None:
         rec.files = [os.path.abspath(f) for f in files]
         save(rec)
-
-
-def pick_lab(lab: str | None) -> str:
-    """The lab a command means: the one named, or the only one that exists."""
-    labs = sorted(set(known_labs()))
-    if lab:
-        if lab not in labs:
-            raise NotFoundError(f"no lab named {lab!r}" +
-                                (f"; labs: {', '.join(labs)}" if labs else "; no lab is up"))
-        return lab
-    if not labs:
-        raise NotFoundError("no lab is up; start one with `labctl up FILE`")
-    if len(labs) > 1:
-        raise NotFoundError(f"several labs are up ({', '.join(labs)}); choose one with --lab")
-    return labs[0]

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from labctl import names
 from labctl.cli.capture import describe, split_target
+from labctl.cli.commands import invoke
 from labctl.cli.main import cli
 from labctl.cluster.compile import compile_files
 from labctl.cluster.state import ClusterState
@@ -115,13 +115,13 @@ def test_without_tcpdump_capture_names_the_package(monkeypatch: pytest.MonkeyPat
 
 def test_capture_needs_root(quick: ClusterState, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.geteuid", lambda: 1000)
-    result = CliRunner().invoke(cli, ["capture", "client", "-c", "1"])
+    result = invoke(cli, ["capture", "client", "-c", "1"])
     assert result.exit_code == 1 and "capture needs root" in result.stderr
-    result = CliRunner().invoke(cli, ["capture", "nosuch"])
+    result = invoke(cli, ["capture", "nosuch"])
     assert result.exit_code == 1 and 'pods "nosuch" not found' in result.stderr
 
 
 def test_capture_help_shows_examples() -> None:
-    result = CliRunner().invoke(cli, ["capture", "--help"])
+    result = invoke(cli, ["capture", "--help"])
     assert result.exit_code == 0
     assert "labctl capture node2:any -w - | wireshark -k -i -" in result.stdout

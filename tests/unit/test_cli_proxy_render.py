@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from labctl.cli.commands import invoke
 from labctl.cli.main import cli
 
 GOLDEN = Path(__file__).parent / "golden" / "proxy"
@@ -23,7 +23,7 @@ def test_render_prints_the_golden_payload(mode: str) -> None:
     found = cases(mode)
     assert len(found) >= 14, f"the {mode} goldens are missing"
     for case in found:
-        result = CliRunner().invoke(cli, ["proxy", "render", "--mode", mode, *FLAGS,
+        result = invoke(cli, ["proxy", "render", "--mode", mode, *FLAGS,
                                           str(GOLDEN / mode / f"{case}.yaml")])
         assert result.exit_code == 0, result.output
         assert result.stdout == (GOLDEN / mode / f"{case}.txt").read_text(), case
@@ -33,6 +33,6 @@ def test_render_reports_bad_input_with_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "svc.yaml"
     bad.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: web}\n"
                    "spec:\n  ports: [{port: 70000}]\n")
-    result = CliRunner().invoke(cli, ["proxy", "render", *FLAGS, str(bad)])
+    result = invoke(cli, ["proxy", "render", *FLAGS, str(bad)])
     assert result.exit_code == 2
     assert "svc.yaml:5:" in result.stderr and "port" in result.stderr

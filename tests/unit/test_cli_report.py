@@ -10,10 +10,10 @@ import json
 import textwrap
 from pathlib import Path
 
-import click
 import pytest
 
 from labctl.cli import report
+from labctl.cli.commands import invoke
 from labctl.cli.main import cli
 from labctl.cli.output import timings_text
 from labctl.cli.progress import BAR_MIN, PhaseProgress
@@ -205,38 +205,27 @@ def test_no_bar_when_stdout_is_not_a_terminal() -> None:
 # ------------------------------------------------------------------ --help
 
 
-def all_commands() -> list[tuple[str, click.Command]]:
-    found = []
-
-    def walk(cmd: click.Command, path: str) -> None:
-        found.append((path, cmd))
-        if isinstance(cmd, click.Group):
-            ctx = click.Context(cmd, info_name=path)
-            for name in cmd.list_commands(ctx):
-                sub = cmd.get_command(ctx, name)
-                assert sub is not None, f"{path} {name} does not load"
-                walk(sub, f"{path} {name}")
-
-    walk(cli, "labctl")
-    return found
+COMMANDS = [path for path, _ in cli.walk("labctl")]
 
 
-COMMANDS = all_commands()
+def test_every_command_loads() -> None:
+    for name in cli.names():
+        assert cli.get(name) is not None, f"labctl {name} does not load"
 
 
-@pytest.mark.parametrize(("path", "cmd"), COMMANDS, ids=[path for path, _ in COMMANDS])
-def test_every_help_has_examples(path: str, cmd: click.Command) -> None:
-    text = cmd.get_help(click.Context(cmd, info_name=path.rpartition(" ")[2]))
-    assert "Example" in text, f"`{path} --help` shows no example"
+@pytest.mark.parametrize("path", COMMANDS)
+def test_every_help_has_examples(path: str) -> None:
+    res = invoke(cli, [*path.split()[1:], "--help"])
+    assert res.exit_code == 0, res.output
+    assert "Example" in res.stdout, f"`{path} --help` shows no example"
+    assert res.stdout.startswith(f"usage: {path}")
 
 
 def test_json_and_quiet_together_is_a_usage_error() -> None:
-    from click.testing import CliRunner
-
-    res = CliRunner().invoke(cli, ["down", "vo-none", "-o", "json", "-q"])
+    res = invoke(cli, ["down", "vo-none", "-o", "json", "-q"])
     assert res.exit_code == 2
     assert "-o json cannot be combined with --quiet" in res.output
-    res = CliRunner().invoke(cli, ["up", "--dry-run", "-o", "json", "."])
+    res = invoke(cli, ["up", "--dry-run", "-o", "json", "."])
     assert res.exit_code == 2 and "--dry-run" in res.output
 
 

@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.shell_completion import BashComplete
-from click.testing import CliRunner
 
 from labctl import names
-from labctl.cli.completion import attach_completions
+from labctl.cli.commands import invoke
+from labctl.cli.completion import candidates
 from labctl.cli.main import cli
 from labctl.cluster.compile import compile_files
 from labctl.lab import store
@@ -33,28 +32,26 @@ def state_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     store.save_state(str(root / "quick"), state)
     (root / "other").mkdir()
     (root / ".locks").mkdir()
-    attach_completions(cli)
     return root
 
 
 def complete(line: str) -> list[str]:
     """What completing after `line` offers (the last word is the incomplete one)."""
     words = line.split(" ")
-    comp = BashComplete(cli, {}, "labctl", "_LABCTL_COMPLETE")
-    return [c.value for c in comp.get_completions(words[1:-1], words[-1])]
+    return [c.value for c in candidates(cli, words[1:-1], words[-1])]
 
 
 @pytest.mark.parametrize("shell,mark", [("bash", "complete -o nosort -F _labctl_completion labctl"),
                                         ("zsh", "#compdef labctl"),
                                         ("fish", "complete --no-files --command labctl")])
 def test_completion_prints_the_shells_script(shell: str, mark: str) -> None:
-    result = CliRunner().invoke(cli, ["completion", shell], prog_name="labctl")
+    result = invoke(cli, ["completion", shell])
     assert result.exit_code == 0, result.output
-    assert mark in result.stdout and "_LABCTL_COMPLETE" in result.stdout
+    assert mark in result.stdout and "labctl __complete" in result.stdout
 
 
 def test_completion_refuses_other_shells() -> None:
-    result = CliRunner().invoke(cli, ["completion", "tcsh"])
+    result = invoke(cli, ["completion", "tcsh"])
     assert result.exit_code == 2 and "bash" in result.stderr
 
 
@@ -88,27 +85,52 @@ def test_pods_and_nodes_for_logs_break_and_rules(state_root: Path) -> None:
 
 
 def test_graph_completes_files_and_labs(state_root: Path) -> None:
-    comp = BashComplete(cli, {}, "labctl", "_LABCTL_COMPLETE")
-    items = comp.get_completions(["graph"], "q")
+    items = candidates(cli, ["graph"], "q")
     assert [(c.type, c.value) for c in items] == [("file", "q"), ("plain", "quick")]
 
 
 def test_nothing_is_offered_without_labs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                          ) -> None:
     monkeypatch.setattr(names, "STATE_ROOT", str(tmp_path / "missing"))
-    attach_completions(cli)
     assert complete("labctl down ") == []
     assert complete("labctl exec ") == ["external"]
 
 
-def test_the_installed_command_completes_through_its_environment_variable(
-        state_root: Path) -> None:
-    env = {**os.environ, "LABCTL_STATE_ROOT": str(state_root), "_LABCTL_COMPLETE": "bash_complete",
-           "COMP_WORDS": "labctl down ", "COMP_CWORD": "2"}
-    proc = subprocess.run([sys.executable, "-m", "labctl.cli.main"], env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+def test_the_installed_command_answers_the_scripts(state_root: Path) -> None:
+    env = {**os.environ, "LABCTL_STATE_ROOT": str(state_root)}
+    proc = subprocess.run([sys.executable, "-m", "labctl.cli.main", "__complete", "down", ""],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["plain,other", "plain,quick"]
+    assert proc.stdout.splitlines() == ["plain\tother\tlab", "plain\tquick\tlab"]
+
+
+def test_bash_completes_through_the_script(state_root: Path, tmp_path: Path) -> None:
+    """The bash script, sourced in a real bash, fills COMPREPLY from `labctl __complete`
+    (a `labctl` on PATH that runs this checkout)."""
+    shim = tmp_path / "bin" / "labctl"
+    shim.parent.mkdir()
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m labctl.cli.main \"$@\"\n")
+    shim.chmod(0o755)
+    script = invoke(cli, ["completion", "bash"]).stdout
+    probe = (script + 'COMP_WORDS=(labctl get pods --lab q); COMP_CWORD=4; '
+             '_labctl_completion; printf "%s\\n" "${COMPREPLY[@]}"; '
+             'COMP_WORDS=(labctl ap); COMP_CWORD=1; _labctl_completion; '
+             'printf "%s\\n" "${COMPREPLY[@]}"')
+    env = {**os.environ, "LABCTL_STATE_ROOT": str(state_root),
+           "PATH": f"{shim.parent}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(["bash", "-c", probe], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["quick", "apply"]
+
+
+def test_options_and_choices_complete(state_root: Path) -> None:
+    assert complete("labctl get ") [:3] == ["pods", "pod", "po"]
+    assert complete("labctl get pods -o ") == ["wide", "json", "yaml"]
+    assert "--all-namespaces" in complete("labctl get pods --a")
+    assert complete("labctl delete pod x --no-") == ["--no-wait"]
+    assert complete("labctl proxy r") == ["render"]
+    assert complete("labctl exec web-0 -- ") == []  # the command's words: the shell's
 
 
 def test_check_completes_exercise_names(state_root: Path) -> None:

@@ -15,9 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from labctl.cli import graph as graph_cli
+from labctl.cli.commands import invoke
 from labctl.cli.main import cli
 from labctl.cluster import graph
 from labctl.cluster.compile import compile_files, with_readiness
@@ -307,7 +307,7 @@ def test_every_topology_renders(folder: Path) -> None:
 
 
 def test_graph_prints_dot_by_default(quickstart: ClusterState) -> None:
-    result = CliRunner().invoke(cli, ["graph", str(TOPOLOGIES / "quickstart")])
+    result = invoke(cli, ["graph", str(TOPOLOGIES / "quickstart")])
     assert result.exit_code == 0, result.output
     assert result.stdout == graph.render(quickstart, "dot")
 
@@ -315,7 +315,7 @@ def test_graph_prints_dot_by_default(quickstart: ClusterState) -> None:
 def test_graph_writes_the_format_its_extension_names(tmp_path: Path,
                                                      quickstart: ClusterState) -> None:
     out = tmp_path / "q.mmd"
-    result = CliRunner().invoke(cli, ["graph", str(TOPOLOGIES / "quickstart"), "-w", str(out),
+    result = invoke(cli, ["graph", str(TOPOLOGIES / "quickstart"), "-w", str(out),
                                       "--no-system"])
     assert result.exit_code == 0, result.output
     assert f"wrote {out} (mermaid)" in result.stdout
@@ -326,14 +326,14 @@ def test_graph_writes_the_format_its_extension_names(tmp_path: Path,
 def test_graph_svg_is_valid_xml_naming_every_pod(tmp_path: Path,
                                                  quickstart: ClusterState) -> None:
     out = tmp_path / "q.svg"
-    result = CliRunner().invoke(cli, ["graph", str(TOPOLOGIES / "quickstart"), "-w", str(out)])
+    result = invoke(cli, ["graph", str(TOPOLOGIES / "quickstart"), "-w", str(out)])
     assert result.exit_code == 0, result.output
     root = ET.parse(out).getroot()
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     texts = " ".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
     assert all(p.name in texts for p in quickstart.pods)
     png = tmp_path / "q.png"
-    result = CliRunner().invoke(cli, ["graph", str(TOPOLOGIES / "quickstart"), "-o", "png",
+    result = invoke(cli, ["graph", str(TOPOLOGIES / "quickstart"), "-o", "png",
                                       "-w", str(png)])
     assert result.exit_code == 0, result.output
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
@@ -344,12 +344,12 @@ def test_without_dot_svg_fails_naming_the_package_and_text_formats_work(
     monkeypatch.setattr(graph_cli.shutil, "which", lambda _name: None)
     quick = str(TOPOLOGIES / "quickstart")
     for fmt in ("svg", "png"):
-        result = CliRunner().invoke(cli, ["graph", quick, "-o", fmt, "-w", str(tmp_path / "x")])
+        result = invoke(cli, ["graph", quick, "-o", fmt, "-w", str(tmp_path / "x")])
         assert result.exit_code == 1
         assert "graphviz" in result.stderr and "apt-get install graphviz" in result.stderr
         assert "-o dot and -o mermaid work without it" in result.stderr
     for fmt in ("dot", "mermaid"):
-        assert CliRunner().invoke(cli, ["graph", quick, "-o", fmt]).exit_code == 0
+        assert invoke(cli, ["graph", quick, "-o", fmt]).exit_code == 0
 
 
 def test_graph_of_something_neither_file_nor_lab(monkeypatch: pytest.MonkeyPatch,
@@ -357,10 +357,10 @@ def test_graph_of_something_neither_file_nor_lab(monkeypatch: pytest.MonkeyPatch
     from labctl import names
 
     monkeypatch.setattr(names, "STATE_ROOT", str(tmp_path / "run"))
-    result = CliRunner().invoke(cli, ["graph", "nosuch"])
+    result = invoke(cli, ["graph", "nosuch"])
     assert result.exit_code == 1
     assert "'nosuch' is neither a file nor a running lab; no lab is up" in result.stderr
-    result = CliRunner().invoke(cli, ["graph"])
+    result = invoke(cli, ["graph"])
     assert result.exit_code == 1 and "no lab is up" in result.stderr
 
 
@@ -368,7 +368,7 @@ def test_graph_reports_bad_files_with_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "svc.yaml"
     bad.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: web}\n"
                    "spec:\n  ports: [{port: 70000}]\n")
-    result = CliRunner().invoke(cli, ["graph", str(bad)])
+    result = invoke(cli, ["graph", str(bad)])
     assert result.exit_code == 2 and "svc.yaml:5:" in result.stderr
 
 

@@ -9,16 +9,16 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
+from labctl.cli.commands import Invocation, invoke
 from labctl.cli.env import env
 
 GOLDEN = Path(__file__).parent / "golden" / "env"
 LAB = str(GOLDEN / "lab.yaml")
 
 
-def run(*args: str) -> Result:
-    return CliRunner().invoke(env, ["-f", LAB, *args])
+def run(*args: str) -> Invocation:
+    return invoke(env, ["-f", LAB, *args])
 
 
 @pytest.mark.parametrize(("args", "golden"), [
@@ -89,7 +89,7 @@ def test_a_missing_container_exits_1() -> None:
 def test_bad_files_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text((GOLDEN / "lab.yaml").read_text().replace("port: 6379", "port: 70000"))
-    result = CliRunner().invoke(env, ["-f", str(bad), "-n", "shop", "client"])
+    result = invoke(env, ["-f", str(bad), "-n", "shop", "client"])
     assert result.exit_code == 2 and "70000" in result.stderr
-    result = CliRunner().invoke(env, ["-f", str(tmp_path / "missing.yaml"), "client"])
+    result = invoke(env, ["-f", str(tmp_path / "missing.yaml"), "client"])
     assert result.exit_code == 2

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
+from labctl.cli.commands import invoke
 from labctl.cluster.compile import compile_state
 from labctl.model.load import load_topology
 from labctl.proxy import base, ipvs, sync
@@ -684,12 +684,12 @@ def test_cli_render_ipvs() -> None:
 
     assert SCHEDULERS == r.SCHEDULERS
     path = str(SHARED / "nodeport.yaml")
-    result = CliRunner().invoke(cli, [
+    result = invoke(cli, [
         "proxy", "render", "--mode", "ipvs", "--node-name", "node1",
         "--node-ip", "172.18.0.2,10.244.0.1", "--cluster-cidr", "10.244.0.0/16", path])
     assert result.exit_code == 0, result.output
     assert result.output == (GOLDEN / "nodeport.txt").read_text()
-    result = CliRunner().invoke(cli, [
+    result = invoke(cli, [
         "proxy", "render", "--mode", "ipvs", "--node-name", "node1", "--node-ip",
         "172.18.0.2", "--ipvs-scheduler", "wrr", path])
     assert "-A -t 10.96.0.25:80 -s wrr\n" in result.output

@@ -13,8 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from labctl.cli.commands import invoke
 from labctl.cli.main import cli
 from labctl.cluster.compile import compile_state
 from labctl.lab.workloads import kube_proxy_pods, workloads_document
@@ -218,7 +218,7 @@ def test_an_endpoint_change_loads_nothing_and_a_service_change_everything() -> N
 @pytest.mark.parametrize("case", CASES)
 def test_golden_render(case: str) -> None:
     """`labctl proxy render --mode userspace` over the iptables goldens' inputs."""
-    result = CliRunner().invoke(cli, ["proxy", "render", "--mode", "userspace",
+    result = invoke(cli, ["proxy", "render", "--mode", "userspace",
                                       "--node-name", "node1", "--node-ip", "172.18.0.2",
                                       str(GOLDEN / "iptables" / f"{case}.yaml")])
     assert result.exit_code == 0, result.output
@@ -231,9 +231,9 @@ def test_golden_render(case: str) -> None:
 
 
 def test_help_says_deprecated_and_why() -> None:
-    out = CliRunner().invoke(cli, ["proxy-mode", "--help"]).output
+    out = invoke(cli, ["proxy-mode", "--help"]).output
     assert "DEPRECATED" in out and "1.26" in out and "retries" in out
-    out = CliRunner().invoke(cli, ["proxy", "render", "--help"]).output
+    out = invoke(cli, ["proxy", "render", "--help"]).output
     assert "deprecated" in out and "userspace" in out
 
 
