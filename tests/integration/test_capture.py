@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import queue
 import subprocess
 import sys
@@ -181,12 +180,12 @@ def test_graph_draws_the_running_lab(lab: dict[str, Any]) -> None:
 
 def test_completion_offers_the_running_lab_and_its_pods(lab: dict[str, Any]) -> None:
     def complete(words: str, cword: int) -> list[str]:
-        env = {**os.environ, "_LABCTL_COMPLETE": "bash_complete", "COMP_WORDS": words,
-               "COMP_CWORD": str(cword)}
-        proc = subprocess.run([sys.executable, "-m", "labctl.cli.main"], env=env,
+        """What `labctl __complete` (the completion scripts' question) offers."""
+        args = words.split(" ")[1:cword + 1]
+        proc = subprocess.run([sys.executable, "-m", "labctl.cli.main", "__complete", *args],
                               capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode == 0, proc.stderr
-        return [line.split(",", 1)[1] for line in proc.stdout.split()]
+        return [line.split("\t")[1] for line in proc.stdout.splitlines()]
 
     assert LAB in complete("labctl down ", 2)
     assert lab["web"] in complete(f"labctl exec --lab {LAB} w", 4)
