@@ -82,7 +82,3 @@ def serve(files: tuple[str, ...], listen: str, domain: str | None, ttl: int,
         signal.sigwait(stop_signals)
     finally:
         server.stop()  # the process ends right after: the mask can stay
-
-
-if __name__ == "__main__":  # `python -m labctl.cli.dns serve ...` works on its own too
-    dns(prog_name="labctl dns")

@@ -27,12 +27,8 @@ S1 = "svc1.testns.svc.cluster.local"
 
 
 def serve_command() -> list[str]:
-    """`labctl dns serve`, through the main CLI once the lead has registered the group."""
-    from labctl.cli.main import cli
-
-    if "dns" in cli.commands:
-        return [sys.executable, "-c", "from labctl.cli.main import main; main()", "dns", "serve"]
-    return [sys.executable, "-m", "labctl.cli.dns", "serve"]
+    """`labctl dns serve`, through the main CLI."""
+    return [sys.executable, "-m", "labctl.cli.main", "dns", "serve"]
 
 
 def start(snapshot: Path) -> tuple[subprocess.Popen[str], int]:
