@@ -73,12 +73,8 @@ def free_port() -> int:
 
 
 def labctl_command() -> list[str]:
-    """`labctl dns serve`, through the main CLI once it carries the `dns` group."""
-    from labctl.cli.main import cli
-
-    if "dns" in cli.commands:
-        return [sys.executable, "-c", "from labctl.cli.main import main; main()", "dns", "serve"]
-    return [sys.executable, "-m", "labctl.cli.dns", "serve"]
+    """`labctl dns serve`, through the main CLI."""
+    return [sys.executable, "-m", "labctl.cli.main", "dns", "serve"]
 
 
 def wait_ready(port: int, proc: subprocess.Popen, name: str, timeout: float = 30) -> None:
