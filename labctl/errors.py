@@ -8,9 +8,14 @@ raised before anything is created.
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Literal
 
-Severity = Literal["error", "warning", "info"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import (every labctl start)
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Severity = Literal["error", "warning", "info"]
+else:
+    Severity = str  # the type checker's view above; at run time only a name
 
 EXIT_USER_ERROR = 2
 

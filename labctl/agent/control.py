@@ -16,14 +16,15 @@ import signal
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any
 
 from labctl.agent import procfs
 from labctl.agent.paths import PODHOST_STARTING_ENV, READY_FD_ENV, StatePaths, log_path
 from labctl.errors import LabctlError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import: every labctl start
 if TYPE_CHECKING:  # the client side (`labctl apply`) never starts a process
     import subprocess
+    from typing import Any
 
 __all__ = ["agent_pid", "kill_lab_processes", "log_path", "podhost_pid", "request",
            "start_agent", "start_podhost", "status", "stop_agent", "stop_role"]

@@ -282,7 +282,8 @@ class Agent:
         else:
             self.spawn(self.reload_dns())
         await kube_proxies.ensure(self, new)  # userspace mode: the proxies reload too
-        await self.health.sync(new)  # health check answers follow the local endpoints
+        # health check answers follow the local endpoints
+        await self.health.sync(new, {n: s.inp for n, s in done.syncs.items()})
         self.last_ready = ready
         return synced
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from labctl.agent.containers import open_socket
 from labctl.cluster.state import ClusterState
+from labctl.proxy.base import ProxyInput
 from labctl.proxy.healthcheck import HealthCheck, node_health_checks, response
 
 REQUEST_TIMEOUT = 5.0
@@ -31,13 +32,17 @@ class HealthServers:
         self.servers: dict[Key, asyncio.Server] = {}
         self.checks: dict[Key, HealthCheck] = {}
 
-    async def sync(self, state: ClusterState) -> None:
-        """Listen exactly where `state` wants health checks; answer with its counts."""
+    async def sync(self, state: ClusterState,
+                   inputs: Mapping[str, ProxyInput | None] | None = None) -> None:
+        """Listen exactly where `state` wants health checks; answer with its counts.
+        `inputs`: node → the proxy input its rules were just rendered from (saves
+        building it again)."""
         want: dict[Key, HealthCheck] = {}
         names: dict[str, str] = {}
         for node in state.nodes:
             names[node.netns] = node.name
-            for port, check in node_health_checks(state, node.name).items():
+            inp = (inputs or {}).get(node.name)
+            for port, check in node_health_checks(state, node.name, inp).items():
                 want[(node.netns, port)] = check
         self.checks = want  # the handlers read the current answer
         for key in [k for k in self.servers if k not in want]:

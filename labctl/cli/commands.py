@@ -23,7 +23,10 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import: every labctl start
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 HELP_WIDTH = 100
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from labctl.cli.commands import Choice, UsageError, option
 from labctl.cli.output import err
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import: every labctl start
+if TYPE_CHECKING:
+    from typing import Any
 
 lab_option = option("--lab", "lab_name", help="Which lab (default: the only one).")
 

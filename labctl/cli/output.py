@@ -6,7 +6,10 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without typing's import: every labctl start
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -26,14 +26,16 @@ class HealthCheck:
     local_endpoints: int  # ready endpoints on this node (distinct addresses)
 
 
-def node_health_checks(state: ClusterState, node: str) -> dict[int, HealthCheck]:
+def node_health_checks(state: ClusterState, node: str,
+                       inp: base.ProxyInput | None = None) -> dict[int, HealthCheck]:
     """healthCheckNodePort → the health check this node serves there. None in userspace
-    mode: its proxy never implemented externalTrafficPolicy."""
+    mode: its proxy never implemented externalTrafficPolicy. `inp`: the node's proxy
+    input when the caller has it already (the rules were just rendered from it)."""
     if state.lab.proxy_mode == "userspace":
         return {}
     local: dict[tuple[str, str], set[str]] = {}
     ports: dict[tuple[str, str], int] = {}
-    for spe in base.input_for_node(state, node).ports:
+    for spe in (inp or base.input_for_node(state, node)).ports:
         info = spe.info
         if not info.health_check_node_port:
             continue
