@@ -13,7 +13,7 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 
 pkgs=(iproute2 iptables nftables conntrack ipset ipvsadm tcpdump iputils-ping curl netcat-openbsd
-      procps kmod dnsutils python3-venv graphviz vagrant)
+      procps kmod dnsutils python3-venv graphviz vagrant bash-completion zsh fish)
 [ "${BENCH:-0}" = 1 ] && pkgs+=(mininet bridge-utils dnsperf dnsmasq-base)
 # The VM suite (scripts/run-vm-tests.sh): qemu and what virtme-ng needs on the host (udev
 # for the guest's virtio console, busybox-static for its init, file to read the kernel's

@@ -120,12 +120,12 @@ def test_help_keeps_the_examples_as_written() -> None:
 
 def test_starting_labctl_apply_imports_no_heavy_module() -> None:
     """What `labctl apply` loads before it asks the agent: no CLI framework, no
-    dataclasses (with inspect), no pickle, no model code — each costs every run
+    dataclasses (with inspect), no typing, no pickle, no model code — each costs every run
     milliseconds of the 100 ms budget."""
     code = ("import sys; import labctl.cli.main, labctl.cli.apply, labctl.lab.remote, "
             "labctl.agent.control; "
             "print(' '.join(m for m in ('click', 'dataclasses', 'inspect', 'pickle', "
-            "'yaml', 'labctl.model', 'labctl.lab.store', 'labctl.cluster') "
+            "'typing', 'yaml', 'labctl.model', 'labctl.lab.store', 'labctl.cluster') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True, timeout=60).stdout.strip()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,24 +105,74 @@ def test_the_installed_command_answers_the_scripts(state_root: Path) -> None:
     assert proc.stdout.splitlines() == ["plain\tother\tlab", "plain\tquick\tlab"]
 
 
-def test_bash_completes_through_the_script(state_root: Path, tmp_path: Path) -> None:
-    """The bash script, sourced in a real bash, fills COMPREPLY from `labctl __complete`
-    (a `labctl` on PATH that runs this checkout)."""
+@pytest.fixture
+def shell_env(state_root: Path, tmp_path: Path) -> dict[str, str]:
+    """An environment whose `labctl` on PATH runs this checkout, over `state_root`."""
     shim = tmp_path / "bin" / "labctl"
     shim.parent.mkdir()
     shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m labctl.cli.main \"$@\"\n")
     shim.chmod(0o755)
+    return {**os.environ, "LABCTL_STATE_ROOT": str(state_root),
+            "PATH": f"{shim.parent}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+
+
+def run_shell(argv: list[str], env: dict[str, str]) -> str:
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_bash_completes_through_the_script(shell_env: dict[str, str]) -> None:
+    """The bash script, sourced in a real bash, fills COMPREPLY from `labctl __complete`;
+    a file argument hands over to bash's own file completion."""
     script = invoke(cli, ["completion", "bash"]).stdout
     probe = (script + 'COMP_WORDS=(labctl get pods --lab q); COMP_CWORD=4; '
              '_labctl_completion; printf "%s\\n" "${COMPREPLY[@]}"; '
              'COMP_WORDS=(labctl ap); COMP_CWORD=1; _labctl_completion; '
-             'printf "%s\\n" "${COMPREPLY[@]}"')
-    env = {**os.environ, "LABCTL_STATE_ROOT": str(state_root),
-           "PATH": f"{shim.parent}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(["bash", "-c", probe], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["quick", "apply"]
+             'printf "%s\\n" "${COMPREPLY[@]}"; '
+             'COMP_WORDS=(labctl up to); COMP_CWORD=2; _labctl_completion; '
+             'echo "files:${#COMPREPLY[@]}"')
+    out = run_shell(["bash", "-c", probe], shell_env)
+    assert out.split() == ["quick", "apply", "files:0"]
+
+
+@pytest.mark.skipif(shutil.which("fish") is None,
+                    reason="needs the fish shell (scripts/install-deps.sh installs it)")
+def test_fish_completes_through_the_script(shell_env: dict[str, str], tmp_path: Path
+                                           ) -> None:
+    """fish asked as a user's Tab asks: `complete -C` prints value and description."""
+    script = tmp_path / "labctl.fish"
+    script.write_text(invoke(cli, ["completion", "fish"]).stdout)
+    out = run_shell(["fish", "--no-config", "-c",
+                     f"source {script}; complete -C 'labctl down q'; "
+                     "complete -C 'labctl get pods -o w'; complete -C 'labctl ap'"],
+                    shell_env)
+    lines = out.splitlines()
+    assert "quick\tlab" in lines and "wide" in lines
+    assert any(line.startswith("apply\tApply changed manifests") for line in lines)
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None,
+                    reason="needs the zsh shell (scripts/install-deps.sh installs it)")
+def test_zsh_script_hands_candidates_to_the_completion_system(
+        shell_env: dict[str, str], tmp_path: Path) -> None:
+    """The zsh script with the completion system's builtins stood in for (they only
+    work inside a Tab): described candidates go to _describe, plain ones to compadd,
+    files to _files."""
+    script = tmp_path / "_labctl"
+    script.write_text(invoke(cli, ["completion", "zsh"]).stdout)
+    assert run_shell(["zsh", "-n", str(script)], shell_env) == ""
+    probe = ("compdef() { :; }\n"
+             "_describe() { print -l -- \"described: ${(@P)${@[-1]}}\"; }\n"
+             "compadd() { print -l -- \"plain: ${(@P)${@[-1]}}\"; }\n"
+             "_files() { print -- files; }\n"
+             f"source {script}\n"
+             "words=(labctl down q); CURRENT=3; _labctl\n"
+             "words=(labctl get pods -o w); CURRENT=5; _labctl\n"
+             "words=(labctl up to); CURRENT=3; _labctl\n")
+    out = run_shell(["zsh", "-f", "-c", probe], shell_env)
+    assert out.splitlines() == ["described: quick:lab", "plain: wide", "files"]
 
 
 def test_options_and_choices_complete(state_root: Path) -> None:
