@@ -82,6 +82,8 @@ class Agent:
         self.tasks: set[asyncio.Task] = set()
         self.terminations: dict[str, asyncio.Task] = {}  # pod key → its finish task
         self.last_ready: dict[str, bool] = {}  # the readiness self.state was made with
+        self.ready_since: dict[str, float] = {}  # pod → when a rollout first saw it ready
+        self._wake_due: float | None = None  # a rollout's minReadySeconds wake-up
         self._resync_pending = False
         self._raw_topology: Any = None
         self.adopted = False
@@ -244,6 +246,9 @@ class Agent:
         API server). Call with the lock held."""
         ready = self.readiness(self.base)
         new = with_readiness(self.base, ready)
+        now = time.time()  # since when each pod is ready (a rollout's minReadySeconds)
+        self.ready_since = {p.key: self.ready_since.get(p.key, now) for p in self.base.pods
+                            if p.key not in ready}
         if full or self.syncs is None:
             previous = {n.name: sync.RELOAD for n in self.state.nodes} if full else {
                 n.name: sync.NodeSync(n.name, self.state.lab.proxy_mode, rs, 0.0, 0.0, True,
@@ -331,6 +336,7 @@ class Agent:
             self._resync_pending = False
             if self.readiness(self.base) != self.last_ready:
                 await self.resync()
+            await self.advance_rollouts()
 
     # probes
 
@@ -505,8 +511,40 @@ class Agent:
         are now terminating (`grace` overrides their grace periods). A running pod the
         new manifests no longer have (a Deployment deleted, its template changed) is not
         dropped: it terminates gracefully like any deleted pod. Call with the lock held."""
-        new_base, new_runtime = self.compile(runtime or self.runtime)
-        return await self.converge_to(new_base, new_runtime, grace or {})
+        from labctl.agent import rollouts
+
+        runtime = rollouts.step_all(self, runtime or self.runtime, self.raw_topology())
+        new_base, new_runtime = self.compile(runtime)
+        done = await self.converge_to(new_base, new_runtime, grace or {})
+        if self.runtime.rollouts:
+            self.readiness_changed()  # the new pods may be ready at once: look again soon
+        return done
+
+    async def advance_rollouts(self) -> None:
+        """Move the Deployments' rollouts on as far as availability allows now (a new
+        pod became ready, an old one finished). Call with the lock held."""
+        from labctl.agent import rollouts
+
+        if not self.runtime.rollouts:
+            return
+        stepped = rollouts.step_all(self, self.runtime, self.raw_topology())
+        if stepped != self.runtime:
+            await self.change(stepped)
+
+    def wake_in(self, delay: float) -> None:
+        """Look at the rollouts again in `delay` seconds (minReadySeconds running out)."""
+        due = time.monotonic() + delay
+        if self._wake_due is not None and self._wake_due <= due:
+            return
+        self._wake_due = due
+
+        async def wake() -> None:
+            await asyncio.sleep(delay)
+            if self._wake_due == due:
+                self._wake_due = None
+            self.readiness_changed()
+
+        self.spawn(wake())
 
     def compile(self, runtime: Runtime, topology: Any = None) -> tuple[ClusterState, Runtime]:
         """The lab `topology` (default: its manifests) describes, as `runtime` changes

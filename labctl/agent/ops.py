@@ -131,6 +131,7 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
     change wins over `labctl scale`), then converge — or, dry, say what would change."""
     from dataclasses import replace
 
+    from labctl.agent import rollouts
     from labctl.cluster.diff import object_changes, pod_changes, respecified
     from labctl.cluster.runtime import object_key
     from labctl.errors import UserError
@@ -165,6 +166,8 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
                                     if k not in reset},
                           generations=runtime.generations, deleted=runtime.deleted,
                           terminating=runtime.terminating)
+        # a new pod template rolls out (agent/rollouts.py); a dry run shows the first step
+        runtime = rollouts.start(agent, runtime, topology, dry=bool(req.get("dryRun")))
         try:
             new_base, runtime = agent.compile(runtime, topology)
         except UserError as e:
@@ -199,6 +202,7 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
             "terminating": sorted(set(deleted) | set(rolled)),
             "proxyMode": [mode_now, switch] if switch else None,
             "warnings": [d.format() for d in warnings if d.severity == "warning"],
+            "rollouts": rollouts.describe(agent, runtime, topology),
             "timings": clock.ms}
         if req.get("dryRun"):
             from labctl.plan.commands import diff_commands
@@ -216,6 +220,8 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
         clock.mark("record")
         if changes:
             done = await agent.converge_to(new_base, runtime, {})
+            if agent.runtime.rollouts:
+                agent.readiness_changed()  # the rollouts move on as pods become ready
             clock.add("converge", agent.last_timings)
             clock.mark("converge")
             result["synced"] = done["synced"]

@@ -55,7 +55,8 @@ def apply(files: tuple[str, ...], dry_run: bool, lab_name: str | None, quiet: bo
         print(report.to_json(report.lab_report(
             "apply", lab, store.state_of(lab), result.timings,
             report.apply_changes(result.changes, result.pods, result.proxy_mode),
-            dryRun=dry_run, commands=result.commands, synced=result.synced)))
+            dryRun=dry_run, commands=result.commands, synced=result.synced,
+            rollouts=result.rollouts)))
         return
     if not result.changes and not result.proxy_mode:
         print("no changes")
@@ -69,6 +70,8 @@ def apply(files: tuple[str, ...], dry_run: bool, lab_name: str | None, quiet: bo
     for key in result.pods.get("terminating", []):
         print(f"  pod/{key.partition('/')[2]} to terminate{suffix}" if dry_run
                    else f"  pod/{key.partition('/')[2]} terminating")
+    for line in result.rollouts:
+        print(line + suffix)
     if result.proxy_mode:
         old, new = result.proxy_mode
         print(f"proxy mode {old} → {new}{suffix}")

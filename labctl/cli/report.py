@@ -15,7 +15,8 @@ The JSON object has the same keys for the three commands:
                   externalName, ports: [{name, protocol, port, nodePort}]}]
     dns         {service, clusterIP, domain, servers: [{pod, node, ip}]} or null
     changes     [{object, action}] (apply; [] for up and down)
-and, per command: up: adopted, agentPid; down: namespacesRemoved; apply: dryRun, commands.
+and, per command: up: adopted, agentPid; down: namespacesRemoved; apply: dryRun, commands,
+synced (node → ms), rollouts (a line per Deployment rolling out a new pod template).
 """
 
 from __future__ import annotations

@@ -47,6 +47,10 @@ def compile_state(topology: Topology, previous: ClusterState | None = None,
     old_pods = previous.pods if previous else ()
     carried = {p.key: replace(p, terminating=True) for p in old_pods
                if p.key in runtime.terminating and p.node in node_names}
+    # A rollout's old pods run on as they are (the old ReplicaSet's), beside the new.
+    carried.update((p.key, p) for p in old_pods
+                   if p.key in runtime.held and not p.terminating and p.key not in carried
+                   and p.node in node_names)
     # Only a pod that was running (not terminating) continues: one that terminated and
     # comes back under the same name (a StatefulSet's) is a new pod.
     running = [p for p in old_pods if not p.terminating and p.key not in carried]

@@ -16,6 +16,10 @@ applies it:
   (`forget_deleted`).
 * `terminating` — pod keys "<ns>/<name>" being deleted gracefully. Such a pod keeps its
   node, address and namespace until it is gone (`without_terminating`).
+* `rollouts` — "<ns>/<deployment>" → the size of the new ReplicaSet while a template
+  change rolls out (cluster/rollout.py): only that many pods of the new template exist.
+* `held` — pod keys of the old template's pods a rollout keeps running for now (the old
+  ReplicaSet's); the rollout deletes them a few at a time.
 
 Deleting a pod follows its controller: a ReplicaSet counts only pods that are not
 terminating, so it creates a replacement (new name) at once; a StatefulSet recreates
@@ -73,6 +77,8 @@ class Runtime:
     generations: Mapping[str, int] = field(default_factory=_empty)
     deleted: frozenset[str] = frozenset()
     terminating: frozenset[str] = frozenset()
+    rollouts: Mapping[str, int] = field(default_factory=_empty)
+    held: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         # Normalised so that equal runtimes compare equal and serialise the same.
@@ -80,6 +86,8 @@ class Runtime:
         object.__setattr__(self, "generations", _frozen(self.generations, drop_zero=True))
         object.__setattr__(self, "deleted", frozenset(self.deleted))
         object.__setattr__(self, "terminating", frozenset(self.terminating))
+        object.__setattr__(self, "rollouts", _frozen(self.rollouts))
+        object.__setattr__(self, "held", frozenset(self.held) - self.terminating)
 
     # ------------------------------------------------------------ reading
 
@@ -89,6 +97,10 @@ class Runtime:
 
     def generation(self, namespace: str, deployment: str, slot: int) -> int:
         return self.generations.get(generation_key(namespace, deployment, slot), 0)
+
+    def rollout_of(self, namespace: str, deployment: str) -> int | None:
+        """The new ReplicaSet's size while the Deployment rolls out, else None."""
+        return self.rollouts.get(f"{namespace}/{deployment}")
 
     def is_deleted(self, kind: str, namespace: str, name: str) -> bool:
         return object_key(kind, namespace, name) in self.deleted
@@ -144,6 +156,8 @@ class Runtime:
         if pod.terminating or pod.key in self.terminating:
             return self
         terminating = self.terminating | {pod.key}
+        if pod.key in self.held:  # an old pod of a rollout: it goes, nothing replaces it
+            return replace(self, terminating=terminating)
         if pod.owner is None:
             return replace(self, terminating=terminating,
                            deleted=self.deleted | {object_key("Pod", pod.namespace, pod.name)})
@@ -174,7 +188,9 @@ class Runtime:
                 return self.with_pod_deleted(pod)  # its controller replaces it
         key = object_key(kind, namespace, name)
         out = replace(self, deleted=self.deleted | {key},
-                      replicas={k: v for k, v in self.replicas.items() if k != key})
+                      replicas={k: v for k, v in self.replicas.items() if k != key},
+                      rollouts={k: v for k, v in self.rollouts.items()
+                                if not (kind == "Deployment" and k == f"{namespace}/{name}")})
         if pod is not None:
             out = out.with_pod_deleted(pod)
         for pod in _owned(state, kind, namespace, name):
@@ -190,6 +206,21 @@ class Runtime:
         """The pod `key` finished terminating: it is gone (a StatefulSet's comes back)."""
         return replace(self, terminating=self.terminating - {key})
 
+    def with_rollout(self, namespace: str, deployment: str, new: int,
+                     hold: Iterable[str] = (), remove: Iterable[str] = ()) -> Runtime:
+        """A Deployment rolls out a new template: its new ReplicaSet has `new` pods;
+        the old pods in `hold` keep running for now, those in `remove` terminate."""
+        _count(new, f"Deployment {namespace}/{deployment}: new ReplicaSet size")
+        gone = set(remove)
+        return replace(self, rollouts={**self.rollouts, f"{namespace}/{deployment}": new},
+                       held=(self.held | set(hold)) - gone,
+                       terminating=self.terminating | gone)
+
+    def without_rollout(self, namespace: str, deployment: str) -> Runtime:
+        """The rollout is complete: the Deployment runs its replicas of the template."""
+        key = f"{namespace}/{deployment}"
+        return replace(self, rollouts={k: v for k, v in self.rollouts.items() if k != key})
+
     def forget_deleted(self, kinds_names: Iterable[str]) -> Runtime:
         """`apply` names these "Kind/<ns>/<name>" objects again: they exist again."""
         return replace(self, deleted=self.deleted - set(kinds_names))
@@ -202,6 +233,8 @@ class Runtime:
             "generations": dict(self.generations),
             "deleted": sorted(self.deleted),
             "terminating": sorted(self.terminating),
+            "rollouts": dict(self.rollouts),
+            "held": sorted(self.held),
         }
 
     @classmethod
@@ -221,12 +254,23 @@ class Runtime:
         deleted = list(data.get("deleted") or ())
         for key in deleted:
             _check_object_key(key, DELETABLE_KINDS, "runtime deleted")
-        terminating = list(data.get("terminating") or ())
-        for key in terminating:
+        pod_lists = {}
+        for field_name in ("terminating", "held"):
+            keys = list(data.get(field_name) or ())
+            for key in keys:
+                if not isinstance(key, str) or len(key.split("/")) != 2 or \
+                        not all(key.split("/")):
+                    raise ValueError(f"runtime {field_name}: {key!r} is not "
+                                     "<namespace>/<name>")
+            pod_lists[field_name] = frozenset(keys)
+        rollouts = dict(data.get("rollouts") or {})
+        for key, value in rollouts.items():
             if not isinstance(key, str) or len(key.split("/")) != 2 or not all(key.split("/")):
-                raise ValueError(f"runtime terminating: {key!r} is not <namespace>/<name>")
+                raise ValueError(f"runtime rollouts: {key!r} is not <namespace>/<deployment>")
+            _count(value, f"runtime rollouts[{key!r}]")
         return cls(replicas=replicas, generations=generations, deleted=frozenset(deleted),
-                   terminating=frozenset(terminating))
+                   terminating=pod_lists["terminating"], rollouts=rollouts,
+                   held=pod_lists["held"])
 
 
 def _owned(state: ClusterState | None, kind: str, namespace: str, name: str

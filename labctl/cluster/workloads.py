@@ -105,6 +105,9 @@ def expand(topology: Topology, runtime: Runtime | None = None) -> list[tuple[Pod
     for dep in topology.deployments:
         ns, name = dep.meta.namespace, dep.meta.name
         replicas = runtime.replicas_of("Deployment", ns, name, dep.replicas)
+        rolling = runtime.rollout_of(ns, name)  # a rollout: the new ReplicaSet's size
+        if rolling is not None:
+            replicas = min(replicas, rolling)
         gens = {i: runtime.generation(ns, name, i) for i in range(replicas)}
         out.extend((p, i) for i, p in enumerate(deployment_pods(dep, replicas, gens)))
     for sts in topology.statefulsets:
@@ -120,16 +123,18 @@ def all_pods(topology: Topology) -> list[Pod]:
 
 
 def free_deployment_names(topology: Topology, runtime: Runtime) -> Runtime:
-    """`runtime` with a fresh name for every Deployment pod whose name a terminating pod
-    still holds (a template changed back, say): its slot takes its next generation, as a
-    ReplicaSet names each new pod afresh. A StatefulSet's pod waits for its name instead
-    (compile_state holds it back). `topology` as compile_state gets it (add-ons in)."""
+    """`runtime` with a fresh name for every Deployment pod whose name a terminating pod,
+    or an old pod a rollout keeps, still holds (a template changed back, say): its slot
+    takes its next generation, as a ReplicaSet names each new pod afresh. A
+    StatefulSet's pod waits for its name instead (compile_state holds it back).
+    `topology` as compile_state gets it (add-ons in)."""
+    taken = runtime.terminating | runtime.held
     for _ in range(16):  # each round frees every blocked slot; a few suffice
         visible = runtime.visible(topology)
         blocked = {generation_key(p.meta.namespace, p.owner.name, slot)
                    for p, slot in expand(visible, runtime)
                    if p.owner is not None and p.owner.kind == "Deployment"
-                   and f"{p.meta.namespace}/{p.meta.name}" in runtime.terminating}
+                   and f"{p.meta.namespace}/{p.meta.name}" in taken}
         if not blocked:
             return runtime
         runtime = replace(runtime, generations={

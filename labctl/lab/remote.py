@@ -33,7 +33,8 @@ class ApplyResult:
                  pods: dict[str, list[str]] | None = None,
                  proxy_mode: tuple[str, str] | None = None,
                  warnings: list[str] | None = None, commands: list[str] | None = None,
-                 timings: dict[str, float] | None = None) -> None:
+                 timings: dict[str, float] | None = None,
+                 rollouts: list[str] | None = None) -> None:
         self.lab = lab
         self.changes = changes  # (kind/name, created | configured | deleted)
         self.synced = synced or {}  # node → milliseconds its rules took
@@ -42,6 +43,7 @@ class ApplyResult:
         self.warnings = warnings or []  # formatted
         self.commands = commands or []  # dry run: the kernel change
         self.timings = timings or {}  # the agent's phases, in ms
+        self.rollouts = rollouts or []  # Deployments rolling out a new template, described
 
     def __repr__(self) -> str:
         return f"ApplyResult({self.lab!r}, changes={self.changes!r})"
@@ -83,4 +85,5 @@ def apply(lab: str, paths: Sequence[str], dry_run: bool = False) -> ApplyResult:
               "terminating": list(reply.get("terminating", []))},
         proxy_mode=(str(mode[0]), str(mode[1])) if mode else None,
         warnings=list(reply.get("warnings", [])), commands=list(reply.get("commands", [])),
+        rollouts=[str(r) for r in reply.get("rollouts") or []],
         timings={str(k): float(v) for k, v in (reply.get("timings") or {}).items()})

@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from labctl.model import checks
-from labctl.model.objects import IPVS_SCHEDULERS, PROXY_MODES
+from labctl.model.objects import DEPLOYMENT_STRATEGIES, IPVS_SCHEDULERS, PROXY_MODES
 from labctl.model.schema import (
     BOOLEAN,
     IGNORED,
@@ -174,10 +174,19 @@ _TEMPLATE_HINT = "add template: with metadata.labels and spec.containers"
 _WORKLOAD = {"replicas": COUNT, "selector": LABEL_SELECTOR, "template": POD_TEMPLATE}
 _WORKLOAD_REQUIRED = {"selector": _SELECTOR_HINT, "template": _TEMPLATE_HINT}
 
+INT_OR_PERCENT = Scalar("int-or-string", (checks.int_or_percent,))
+DEPLOYMENT_STRATEGY = struct({
+    "type": Scalar("string", (checks.one_of(
+        *DEPLOYMENT_STRATEGIES, hint="RollingUpdate replaces pods a few at a time, "
+        "Recreate stops them all first"),)),
+    "rollingUpdate": struct({"maxSurge": INT_OR_PERCENT,
+                             "maxUnavailable": INT_OR_PERCENT})})
+
 DEPLOYMENT = struct(
     {**_TOP, "metadata": object_meta(checks.DNS_SUBDOMAIN),
-     "spec": struct(_WORKLOAD, "strategy minReadySeconds revisionHistoryLimit paused "
-                               "progressDeadlineSeconds", _WORKLOAD_REQUIRED)},
+     "spec": struct({**_WORKLOAD, "strategy": DEPLOYMENT_STRATEGY, "minReadySeconds": COUNT},
+                    "revisionHistoryLimit paused progressDeadlineSeconds",
+                    _WORKLOAD_REQUIRED)},
     "status", {"metadata": _METADATA_HINT, "spec": _SPEC_HINT})
 
 STATEFULSET = struct(

@@ -16,6 +16,7 @@ from labctl.model.objects import (
     Container,
     ContainerPort,
     Deployment,
+    DeploymentStrategy,
     Endpoint,
     EndpointConditions,
     EndpointPort,
@@ -165,8 +166,16 @@ def template(data: Data) -> PodTemplate:
 
 def deployment(data: Data, source: Source) -> Deployment:
     spec = sub(data, "spec")
+    strategy = sub(spec, "strategy")
+    rolling = sub(strategy, "rollingUpdate")
+    defaults = DeploymentStrategy()
     return Deployment(meta(data), spec.get("replicas", 1), selector(sub(spec, "selector")),
-                      template(sub(spec, "template")), source=source)
+                      template(sub(spec, "template")), source=source,
+                      strategy=DeploymentStrategy(
+                          strategy.get("type", defaults.type),
+                          rolling.get("maxSurge", defaults.max_surge),
+                          rolling.get("maxUnavailable", defaults.max_unavailable)),
+                      min_ready_seconds=spec.get("minReadySeconds", 0))
 
 
 def statefulset(data: Data, source: Source) -> StatefulSet:

@@ -14,7 +14,14 @@ from labctl.model.context import (
     label_of,
     show_labels,
 )
-from labctl.model.objects import Container, LabelSelector, NodeSpec, Probe, StatefulSet
+from labctl.model.objects import (
+    Container,
+    Deployment,
+    LabelSelector,
+    NodeSpec,
+    Probe,
+    StatefulSet,
+)
 
 PROBES = (("readinessProbe", "readiness_probe"), ("livenessProbe", "liveness_probe"),
           ("startupProbe", "startup_probe"))
@@ -139,6 +146,21 @@ def check_workload(ctx: Context, workload: Workload) -> None:
                       "spec.template.metadata.labels")
     if isinstance(workload, StatefulSet):
         check_statefulset_names(ctx, workload)
+    else:
+        check_deployment_strategy(ctx, workload)
+
+
+def check_deployment_strategy(ctx: Context, dep: Deployment) -> None:
+    """What the API server refuses in spec.strategy beyond single fields."""
+    strategy = dep.strategy
+    if strategy.type == "Recreate" and ctx.written(dep, "spec.strategy.rollingUpdate"):
+        ctx.error(dep, "spec.strategy.rollingUpdate", "may not be given when type is "
+                  "Recreate", "remove rollingUpdate, or use type: RollingUpdate")
+    elif strategy.type == "RollingUpdate" and strategy.max_surge in (0, "0%") \
+            and strategy.max_unavailable in (0, "0%"):
+        ctx.error(dep, "spec.strategy.rollingUpdate.maxUnavailable", "may not be 0 when "
+                  "maxSurge is 0: the rollout could never replace a pod",
+                  "allow one extra pod (maxSurge: 1) or one missing (maxUnavailable: 1)")
 
 
 def check_selector_expressions(ctx: Context, workload: Workload, sel: LabelSelector) -> bool:

@@ -175,6 +175,17 @@ def non_negative(value: object) -> Problem | None:
     return Problem(f"expected 0 or more, found {value}", "use 0 or a positive number")
 
 
+def int_or_percent(value: object) -> Problem | None:
+    """maxSurge and maxUnavailable: a count of pods, or a percent of replicas."""
+    if isinstance(value, int):
+        return non_negative(value)
+    text = str(value)
+    if text.endswith("%") and text[:-1].isdigit():
+        return None
+    return Problem(f'expected a number of pods or a percent, found "{text}"',
+                   'write a whole number (1) or a percent of replicas ("25%")')
+
+
 def int_or_port_name(value: object) -> Problem | None:
     """targetPort and probe ports: a port number or the name of a container port."""
     return PORT(value) if isinstance(value, int) else port_name(value)

@@ -222,6 +222,19 @@ class LabelSelector:
         return True
 
 
+DEPLOYMENT_STRATEGIES = ("RollingUpdate", "Recreate")
+
+
+@dataclass(frozen=True)
+class DeploymentStrategy:
+    """spec.strategy: how a template change replaces the pods (cluster/rollout.py).
+    maxSurge and maxUnavailable are a pod count or a percent of replicas ("25%")."""
+
+    type: str = "RollingUpdate"
+    max_surge: int | str = "25%"
+    max_unavailable: int | str = "25%"
+
+
 @dataclass(frozen=True)
 class Deployment:
     meta: ObjectMeta
@@ -229,6 +242,8 @@ class Deployment:
     selector: LabelSelector
     template: PodTemplate
     source: Source = field(default=Source(), compare=False)
+    strategy: DeploymentStrategy = DeploymentStrategy()
+    min_ready_seconds: int = 0  # a new pod counts as available once ready this long
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,18 @@ def pod_names(prefix: str) -> list[str]:
                   if line.startswith(prefix) and "Terminating" not in line)
 
 
+def rolled_out(prefix: str, count: int, old: set[str], timeout: float = 30.0) -> list[str]:
+    """The pods once a Deployment's rollout is over: `count` running, none of `old`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        names = pod_names(prefix)
+        if len(names) == count and not set(names) & old:
+            return names
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no rollout to {count} new pods: {names} (old: {old})")
+        time.sleep(0.1)
+
+
 def answers(vip: str, port: int, count: int) -> set[str]:
     return {http_get(CLIENT, vip, port).pod for _ in range(count)}
 
@@ -113,14 +125,14 @@ def test_apply_workloads_and_pods_traffic_follows(tmp_path: Path) -> None:
         new_port = tmp_path / "template.yaml"  # a changed template: new pods, new names
         new_port.write_text(more.read_text().replace("containerPort: 8080",
                                                      "containerPort: 8081"))
-        labctl("apply", "-f", str(new_port), "--lab", LAB)
-        renamed = pod_names("web-")
-        assert len(renamed) == 3 and not set(renamed) & set(three)
+        out = labctl("apply", "-f", str(new_port), "--lab", LAB).stdout
+        assert "deployment.apps/web rolling out to web-" in out  # one surge pod at a time
+        renamed = rolled_out("web-", 3, set(three))
         assert answers(vip, 80, 24) == set(renamed)  # targetPort is named: it follows
 
         labctl("apply", "-f", str(base), "--lab", LAB)  # back: db, extra and a web go
-        assert len(pod_names("web-")) == 2 and pod_names("db-") == [] and \
-            pod_names("extra") == []
+        rolled_out("web-", 2, set(renamed))
+        assert pod_names("db-") == [] and pod_names("extra") == []
         assert dig("db.default.svc.cluster.local") == []
         assert answers(vip, 80, 12) == set(pod_names("web-"))
     finally:

@@ -389,6 +389,117 @@ def test_rolling_restart_under_traffic_loses_no_request(moded: Lab, tmp_path: Pa
     assert set(old) <= set(result["pods"]) and set(new) & set(result["pods"]), result["pods"]
 
 
+def roll_traffic(lab_: Lab, tmp_path: Path, vip: str) -> tuple[subprocess.Popen[str], Path]:
+    """ROLL_CLIENT running against `vip` from the client pod, once it has an answer."""
+    started, stop = tmp_path / "started", tmp_path / "stop"
+    loop = subprocess.Popen(
+        labctl_argv("exec", "client", "--lab", lab_.name, "--", sys.executable, "-c",
+                    ROLL_CLIENT, vip, str(started), str(stop), "300", "50000"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    eventually("the client's first answer", lambda: started.exists() or loop.poll() is not None)
+    assert loop.poll() is None, loop.communicate()
+    return loop, stop
+
+
+def roll_result(loop: subprocess.Popen[str], stop: Path) -> dict[str, Any]:
+    stop.touch()
+    try:
+        stdout, stderr = loop.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        loop.kill()
+        stdout, stderr = loop.communicate()
+    assert loop.returncode == 0, stderr
+    return json.loads(stdout)
+
+
+def with_template(body: str, app: str, version: str, strategy: str = "") -> str:
+    """`body` with Deployment `app`'s pod template labelled v=`version` (a new template,
+    hence a rollout) and, if given, its spec.strategy."""
+    body = body.replace(f"    metadata: {{labels: {{app: {app}}}}}",
+                        f"    metadata: {{labels: {{app: {app}, v: '{version}'}}}}")
+    if strategy:
+        body = body.replace(f"  selector: {{matchLabels: {{app: {app}}}}}",
+                            f"  strategy: {strategy}\n  selector: {{matchLabels: {{app: {app}}}}}")
+    return body
+
+
+@pytest.fixture
+def rolling(tmp_path: Path) -> Iterator[Lab]:
+    """`web` (3 pods, readiness probe) behind a ClusterIP, and a client."""
+    name = "it-live-roll"
+    lab_ = up(tmp_path, name, join(lab(name, nodes=2), probed_deployment("web", 3),
+                                   service("web", "web", 80, "http"), client()))
+    try:
+        lab_.wait_ready(*lab_.of("web"))
+        yield lab_
+    finally:
+        labctl("down", name)
+
+
+def watch_rollout(lab_: Lab, old: set[str], until_done: Callable[[], bool]
+                  ) -> list[dict[str, PodRow]]:
+    """`labctl get pods` every ~50 ms until the rollout is done: the samples."""
+    samples = []
+    deadline = time.monotonic() + HANG_GUARD
+    while time.monotonic() < deadline:
+        samples.append(lab_.of("web"))
+        if until_done():
+            return samples
+        time.sleep(0.05)
+    raise AssertionError(f"the rollout did not finish: {samples[-1]}\n{lab_.events()}")
+
+
+def test_a_new_template_rolls_out_under_traffic_losing_no_request(rolling: Lab,
+                                                                   tmp_path: Path) -> None:
+    """RollingUpdate with kube's defaults (maxSurge 25% → 1, maxUnavailable 25% → 0 of 3):
+    one new pod at a time, an old one goes only once a new one is ready, so 3 stay ready
+    and at most 4 run; a client sees no failure."""
+    old = set(rolling.of("web"))
+    v2 = tmp_path / "v2.yaml"
+    v2.write_text(with_template(rolling.path.read_text(), "web", "2"))
+    dry = rolling.run("apply", "-f", str(v2), "--dry-run").stdout
+    assert dry.count("to be created (dry run)") == 1, dry  # the first step: one surge pod
+    loop, stop = roll_traffic(rolling, tmp_path, rolling.vip("web"))
+    try:
+        out = rolling.run("apply", "-f", str(v2)).stdout
+        assert "deployment.apps/web configured" in out and out.count(" created") == 1, out
+        samples = watch_rollout(rolling, old, lambda: "RolloutComplete" in rolling.events())
+    finally:
+        result = roll_result(loop, stop)
+    assert result["failures"] == [], (result["failures"][:5], rolling.events())
+    for pods in samples:
+        running = [p for p in pods.values() if p.status != "Terminating"]
+        assert len(running) <= 4, pods  # replicas + maxSurge
+        assert sum(p.ready == "1/1" for p in running) >= 3, pods  # replicas - maxUnavailable
+    final = eventually("the old pods gone", lambda: settled(rolling.of("web")))
+    assert len(final) == 3 and not set(final) & old
+    events = rolling.events()
+    assert "Scaled up replica set web-" in events and "RolloutComplete" in events
+    assert set(old) <= set(result["pods"]) and set(final) & set(result["pods"])
+
+
+def test_recreate_stops_every_old_pod_before_the_new_ones_start(rolling: Lab,
+                                                                tmp_path: Path) -> None:
+    old = set(rolling.of("web"))
+    v3 = tmp_path / "v3.yaml"
+    v3.write_text(with_template(rolling.path.read_text(), "web", "3", "{type: Recreate}"))
+    out = rolling.run("apply", "-f", str(v3)).stdout
+    assert out.count(" terminating") == 3 and " created" not in out, out
+    samples = watch_rollout(rolling, old, lambda: "RolloutComplete" in rolling.events())
+    for pods in samples:  # never an old pod running beside a new one
+        assert not (set(pods) - old and any(pods[n].status != "Terminating"
+                                            for n in set(pods) & old)), pods
+    def all_new_and_ready() -> dict[str, PodRow] | None:
+        pods = rolling.of("web")
+        fine = len(pods) == 3 and not set(pods) & old and \
+            all(r.ready == "1/1" for r in pods.values())
+        return pods if fine else None
+
+    eventually("three new pods ready", all_new_and_ready)
+    events = rolling.events()
+    assert events.index("RolloutStarted") < events.index("Scaled up replica set")
+
+
 # ------------------------------------------------------------------ 2. liveness
 
 

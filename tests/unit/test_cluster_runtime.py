@@ -284,9 +284,14 @@ def test_json_round_trip_is_stable_and_sorted() -> None:
                .with_scaled("Deployment", "default", "web", 5)
                .with_pod_deleted(web_pods(before)[0])
                .with_pod_deleted(before.pod("default", "db-0"))
-               .with_deleted("Service", "default", "web"))
+               .with_deleted("Service", "default", "web")
+               .with_rollout("default", "web", 2, hold=["default/web-old-1"],
+                             remove=["default/web-old-2"]))
     data = runtime.to_json()
-    assert list(data) == ["replicas", "generations", "deleted", "terminating"]
+    assert list(data) == ["replicas", "generations", "deleted", "terminating", "rollouts",
+                          "held"]
+    assert data["rollouts"] == {"default/web": 2} and data["held"] == ["default/web-old-1"]
+    assert "default/web-old-2" in data["terminating"]
     assert list(data["replicas"]) == ["Deployment/default/web", "StatefulSet/default/db"]
     assert data["deleted"] == ["Service/default/web"]
     assert data["terminating"] == sorted(data["terminating"])
@@ -295,7 +300,7 @@ def test_json_round_trip_is_stable_and_sorted() -> None:
     assert again == runtime and json.dumps(again.to_json()) == text
     assert Runtime.from_json({}) == Runtime()
     assert Runtime().to_json() == {"replicas": {}, "generations": {}, "deleted": [],
-                                   "terminating": []}
+                                   "terminating": [], "rollouts": {}, "held": []}
 
 
 @pytest.mark.parametrize("data, message", [

@@ -466,7 +466,7 @@ def test_ignored_fields_are_noted_once_per_kind_and_field(here: Path) -> None:
         metadata: {{name: {name}}}
         spec:
           replicas: 5
-          strategy: {{type: Recreate}}
+          paused: false
           selector: {{matchLabels: {{app: {name}}}}}
           template:
             metadata: {{labels: {{app: {name}}}}}
@@ -489,7 +489,7 @@ def test_ignored_fields_are_noted_once_per_kind_and_field(here: Path) -> None:
     infos = [d for d in notes if d.severity == "info"]
     assert all(d.message == IGNORED_MESSAGE for d in infos)
     assert [d.field for d in infos] == [
-        "Deployment default/x: spec.strategy",
+        "Deployment default/x: spec.paused",
         "Deployment default/x: spec.template.spec.containers[0].image",
         "Deployment default/x: spec.template.spec.containers[0].resources",
         "Pod default/p: spec.hostNetwork",

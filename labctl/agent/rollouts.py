@@ -1,0 +1,180 @@
+"""The agent's deployment controller for template changes: it starts a rollout when
+`apply` gives a Deployment a new pod template, and moves it on (cluster/rollout.py's
+`step`) whenever readiness changes or a pod finishes terminating, until every pod runs
+the new template.
+
+While a Deployment rolls out, Runtime.rollouts holds its new ReplicaSet's size and
+Runtime.held the old pods that keep running; the events say what a real cluster's say
+("Scaled up replica set web-5d8c7f6b9a to 2").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from labctl.cluster import rollout
+from labctl.cluster.runtime import Runtime
+from labctl.cluster.workloads import template_hash
+
+if TYPE_CHECKING:
+    from labctl.agent.controller import Agent
+    from labctl.cluster.state import PodState
+    from labctl.model.objects import Deployment
+
+HASH_LABEL = "pod-template-hash"
+
+
+def _owned(agent: Agent, dep: Deployment) -> list[PodState]:
+    return [p for p in agent.base.pods if p.owner is not None
+            and p.owner.kind == "Deployment" and p.owner.name == dep.meta.name
+            and p.namespace == dep.meta.namespace]
+
+
+def _hash(dep: Deployment) -> str:
+    return template_hash(f"{dep.meta.namespace}/{dep.meta.name}", dep.template)
+
+
+def _deployments(agent: Agent, topology: Any, runtime: Runtime) -> list[Deployment]:
+    from labctl.cluster.addons import with_addons
+
+    return list(runtime.visible(with_addons(topology)).deployments)
+
+
+def start(agent: Agent, runtime: Runtime, topology: Any, dry: bool = False) -> Runtime:
+    """`apply` loaded `topology`: every Deployment whose running pods have another
+    template starts rolling out (again, if it was rolling: the pods of the template it
+    was rolling to are old now too). RollingUpdate keeps the old pods running for now,
+    Recreate stops them at once. Then the rollouts take their first step. `dry`: say
+    nothing (events), only compute (`apply --dry-run`)."""
+    say = _quiet if dry else agent.event
+    for dep in _deployments(agent, topology, runtime):
+        ns, name = dep.meta.namespace, dep.meta.name
+        new_hash = _hash(dep)
+        old = [p.key for p in _owned(agent, dep)
+               if not p.terminating and p.key not in runtime.terminating
+               and p.labels.get(HASH_LABEL) != new_hash]
+        if not old:
+            continue
+        say("Normal", "RolloutStarted", f"deployment/{ns}/{name}",
+                    f"new pod template {name}-{new_hash} ({dep.strategy.type}): "
+                    f"{len(old)} pods to replace")
+        if dep.strategy.type == "Recreate":
+            runtime = runtime.with_rollout(ns, name, 0, remove=old)
+        else:
+            runtime = runtime.with_rollout(ns, name, 0, hold=old)
+    return step_all(agent, runtime, topology, dry)
+
+
+def describe(agent: Agent, runtime: Runtime, topology: Any) -> list[str]:
+    """One line per rolling Deployment, for apply's output: what rolls out, and how."""
+    out = []
+    for dep in _deployments(agent, topology, runtime):
+        ns, name = dep.meta.namespace, dep.meta.name
+        if runtime.rollout_of(ns, name) is None:
+            continue
+        replicas = runtime.replicas_of("Deployment", ns, name, dep.replicas)
+        if dep.strategy.type == "Recreate":
+            how = "Recreate: every old pod stops first"
+        else:
+            surge, unavailable = rollout.fenceposts(dep.strategy, replicas)
+            how = (f"RollingUpdate: at most {replicas + surge} pods, at least "
+                   f"{replicas - unavailable} available")
+        if dep.min_ready_seconds:
+            how += f", minReadySeconds {dep.min_ready_seconds}"
+        out.append(f"deployment.apps/{name} rolling out to {name}-{_hash(dep)} ({how}); "
+                   "`labctl events -w` follows it")
+    return out
+
+
+def _quiet(*_args: str) -> None:
+    pass
+
+
+def step_all(agent: Agent, runtime: Runtime, topology: Any, dry: bool = False) -> Runtime:
+    """Every rolling Deployment takes the steps its pods' availability allows now."""
+    if not runtime.rollouts:
+        return runtime
+    deployments = {f"{d.meta.namespace}/{d.meta.name}": d
+                   for d in _deployments(agent, topology, runtime)}
+    for key in list(runtime.rollouts):
+        ns, _, name = key.partition("/")
+        dep = deployments.get(key)
+        if dep is None:  # deleted meanwhile: its pods went with it
+            runtime = runtime.without_rollout(ns, name)
+            continue
+        runtime = _step(agent, dep, runtime, _quiet if dry else agent.event, dry)
+    return runtime
+
+
+def _step(agent: Agent, dep: Deployment, runtime: Runtime, say: Callable[..., None],
+          dry: bool = False) -> Runtime:
+    ns, name = dep.meta.namespace, dep.meta.name
+    replicas = runtime.replicas_of("Deployment", ns, name, dep.replicas)
+    new_hash = _hash(dep)
+    now = time.time()
+    pods = _owned(agent, dep)
+    for _ in range(2 * replicas + 4):  # each pass is one sync of the controller
+        new_count = runtime.rollout_of(ns, name)
+        if new_count is None:
+            return runtime
+        running = [p for p in pods if not p.terminating and p.key not in runtime.terminating]
+        new_pods = [p for p in running if p.key not in runtime.held
+                    and p.labels.get(HASH_LABEL) == new_hash]
+        old = [rollout.OldPod(p.key, _available(agent, p.key, dep, now), p.slot)
+               for p in running if p.key in runtime.held]
+        old_terminating = sum(1 for p in pods if p.key in runtime.terminating
+                              and p.labels.get(HASH_LABEL) != new_hash)
+        s = rollout.step(dep.strategy, replicas, new_count,
+                         sum(_available(agent, p.key, dep, now) for p in new_pods),
+                         old, old_terminating)
+        if s.new != new_count:
+            verb = "up" if s.new > new_count else "down"
+            say("Normal", "ScalingReplicaSet", f"deployment/{ns}/{name}",
+                f"Scaled {verb} replica set {name}-{new_hash} to {s.new}")
+        for old_hash, gone in _by_hash(pods, s.remove).items():
+            left = sum(1 for p in running if p.key in runtime.held and p.key not in gone
+                       and p.labels.get(HASH_LABEL) == old_hash)
+            say("Normal", "ScalingReplicaSet", f"deployment/{ns}/{name}",
+                f"Scaled down replica set {name}-{old_hash} to {left} "
+                f"(pod {', '.join(k.partition('/')[2] for k in sorted(gone))} terminating)")
+        if s.done:
+            say("Normal", "RolloutComplete", f"deployment/{ns}/{name}",
+                f"every pod runs template {name}-{new_hash}")
+            return runtime.with_rollout(ns, name, s.new, remove=s.remove
+                                        ).without_rollout(ns, name)
+        if s.new == new_count and not s.remove:
+            if not dry:
+                _wake_for_min_ready(agent, dep, new_pods, now)
+            return runtime
+        runtime = runtime.with_rollout(ns, name, s.new, remove=s.remove)
+    return runtime
+
+
+def _by_hash(pods: list[PodState], keys: tuple[str, ...]) -> dict[str, set[str]]:
+    """The pods `keys` grouped by their template (the old ReplicaSets they belong to)."""
+    out: dict[str, set[str]] = {}
+    for p in pods:
+        if p.key in keys:
+            out.setdefault(p.labels.get(HASH_LABEL, ""), set()).add(p.key)
+    return out
+
+
+def _available(agent: Agent, key: str, dep: Deployment, now: float) -> bool:
+    """Ready for at least minReadySeconds (ready at all, with the default 0)."""
+    if not agent.pod_ready(key):
+        agent.ready_since.pop(key, None)
+        return False
+    since = agent.ready_since.setdefault(key, now)
+    return now - since >= dep.min_ready_seconds
+
+
+def _wake_for_min_ready(agent: Agent, dep: Deployment, new_pods: list[PodState],
+                        now: float) -> None:
+    """A new pod that is ready but not yet available: look again once it is."""
+    waits = [agent.ready_since[p.key] + dep.min_ready_seconds - now for p in new_pods
+             if p.key in agent.ready_since
+             and now - agent.ready_since[p.key] < dep.min_ready_seconds]
+    if waits:
+        agent.wake_in(min(waits) + 0.05)

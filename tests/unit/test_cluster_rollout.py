@@ -1,0 +1,125 @@
+"""The deployment controller's rollout steps (cluster/rollout.py), checked against what
+kube's controller does (pkg/controller/deployment/rolling.go, recreate.go), and the
+Runtime and compile support for a rollout's old pods."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from labctl.cluster import rollout
+from labctl.cluster.compile import compile_state
+from labctl.cluster.runtime import Runtime
+from labctl.cluster.workloads import expand
+from labctl.model.objects import DeploymentStrategy
+from tests.unit.test_cluster_runtime import web_pods, web_topology
+
+DEFAULT = DeploymentStrategy()
+
+
+def old(n: int, available: bool = True, first: int = 0) -> list[rollout.OldPod]:
+    return [rollout.OldPod(f"ns/old-{i}", available, i) for i in range(first, first + n)]
+
+
+@pytest.mark.parametrize(("surge", "unavailable", "replicas", "want"), [
+    ("25%", "25%", 3, (1, 0)),  # kube's defaults: surge rounds up, unavailable down
+    ("25%", "25%", 4, (1, 1)),
+    ("25%", "25%", 10, (3, 2)),
+    (0, 0, 3, (0, 1)),  # both zero would never move: maxUnavailable becomes 1
+    ("0%", "50%", 5, (0, 2)),
+    (2, 1, 3, (2, 1)),
+])
+def test_fenceposts(surge: int | str, unavailable: int | str, replicas: int,
+                    want: tuple[int, int]) -> None:
+    strategy = DeploymentStrategy("RollingUpdate", surge, unavailable)
+    assert rollout.fenceposts(strategy, replicas) == want
+
+
+def run_rollout(strategy: DeploymentStrategy, replicas: int) -> list[tuple[int, int]]:
+    """Drive a rollout to the end as the agent does: steps while they change something
+    (each one sync of kube's controller), then every new pod becomes available. The
+    (new, old) pod counts each time it stands still, waiting for availability."""
+    surge, unavailable = rollout.fenceposts(strategy, replicas)
+    olds = old(replicas)
+    new = available = 0
+    seen = []
+    for _ in range(4 * replicas + 4):
+        for _ in range(10):
+            s = rollout.step(strategy, replicas, new, available, olds)
+            olds = [p for p in olds if p.key not in s.remove]
+            changed = s.new != new or s.remove
+            new = s.new
+            assert new + len(olds) <= replicas + surge
+            assert min(available, new) + len(olds) >= replicas - unavailable
+            if s.done or not changed:
+                break
+        seen.append((new, len(olds)))
+        if s.done:
+            return seen
+        available = new  # the new pods become ready
+    raise AssertionError(f"no end: {seen}")
+
+
+def test_default_rolling_update_of_three_replaces_one_at_a_time() -> None:
+    assert run_rollout(DEFAULT, 3) == [(1, 3), (2, 2), (3, 1), (3, 0)]
+
+
+def test_max_unavailable_without_surge_deletes_before_it_creates() -> None:
+    strategy = DeploymentStrategy("RollingUpdate", 0, 1)
+    assert run_rollout(strategy, 3) == [(1, 2), (2, 1), (3, 0)]
+
+
+def test_a_new_pod_not_yet_available_holds_the_old_ones() -> None:
+    s = rollout.step(DEFAULT, 3, 1, 0, old(3))
+    assert s == rollout.Step(1, ())  # the surge pod exists but is not ready
+    s = rollout.step(DEFAULT, 3, 1, 1, old(3))
+    assert s.new == 1 and s.remove == ("ns/old-2",)  # the highest slot goes first
+
+
+def test_unavailable_old_pods_go_first() -> None:
+    pods = [*old(2), rollout.OldPod("ns/broken", False, 0)]
+    assert rollout.step(DEFAULT, 3, 1, 0, pods).remove == ()  # no room yet: 3 must stay
+    s = rollout.step(DEFAULT, 3, 1, 1, pods)  # the new pod is ready: one old pod can go
+    assert s.remove == ("ns/broken",)  # the one that serves nothing, not the highest slot
+
+
+def test_recreate_waits_for_every_old_pod_to_be_gone() -> None:
+    recreate = DeploymentStrategy("Recreate")
+    assert rollout.step(recreate, 3, 0, 0, old(3)).remove == ("ns/old-0", "ns/old-1",
+                                                              "ns/old-2")
+    assert rollout.step(recreate, 3, 0, 0, [], old_terminating=2) == rollout.Step(0)
+    assert rollout.step(recreate, 3, 0, 0, []) == rollout.Step(3, done=True)
+
+
+def test_scaled_down_during_a_rollout_the_new_set_shrinks_too() -> None:
+    s = rollout.step(DEFAULT, 2, 3, 3, old(1))
+    assert s.new == 2 and s.remove == ("ns/old-0",) and s.done
+
+
+def test_runtime_keeps_a_rollouts_old_pods_and_compile_carries_them() -> None:
+    topo = web_topology()
+    before = compile_state(topo)
+    olds = [p.key for p in web_pods(before)]
+    runtime = Runtime().with_rollout("default", "web", 1, hold=olds)
+    # the manifests now ask for a new template: one new pod beside the old ones
+    dep = topo.deployments[0]
+    template = replace(dep.template, labels={**dep.template.labels, "v": "2"})
+    changed = replace(topo, deployments=(replace(dep, template=template),))
+    after = compile_state(changed, before, runtime)
+    kept = {p.key: p for p in after.pods if p.key in olds}
+    assert set(kept) == set(olds)
+    assert all(not p.terminating and p.ip == before.pod(*k.split("/")).ip
+               for k, p in kept.items())
+    assert len([p for p in after.pods if p.key not in olds]) == 1
+    assert [slot for _p, slot in expand(changed, runtime) if slot >= 0] == [0]
+    # deleting one of them: it terminates, nothing replaces it, the new pods keep names
+    pod = kept[olds[0]]
+    deleted = runtime.with_pod_deleted(pod)
+    assert olds[0] in deleted.terminating and olds[0] not in deleted.held
+    assert deleted.generations == runtime.generations
+    # the Deployment deleted: the rollout ends with it
+    assert Runtime().with_rollout("default", "web", 1).with_deleted(
+        "Deployment", "default", "web").rollouts == {}
+    with pytest.raises(ValueError, match="runtime rollouts"):
+        Runtime.from_json({"rollouts": {"web": 1}})
