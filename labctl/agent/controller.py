@@ -516,7 +516,7 @@ class Agent:
         runtime = rollouts.step_all(self, runtime or self.runtime, self.raw_topology())
         new_base, new_runtime = self.compile(runtime)
         done = await self.converge_to(new_base, new_runtime, grace or {})
-        if self.runtime.rollouts:
+        if self.runtime.rollouts or self.runtime.held:
             self.readiness_changed()  # the new pods may be ready at once: look again soon
         return done
 
@@ -525,7 +525,7 @@ class Agent:
         pod became ready, an old one finished). Call with the lock held."""
         from labctl.agent import rollouts
 
-        if not self.runtime.rollouts:
+        if not (self.runtime.rollouts or self.runtime.held):
             return
         stepped = rollouts.step_all(self, self.runtime, self.raw_topology())
         if stepped != self.runtime:

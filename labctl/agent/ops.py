@@ -184,12 +184,13 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
         refused = [p for p in respec if p.owner is None]
         if refused:  # as the API server: a running pod's spec is immutable
             return _immutable(refused)
-        rolled = [p.key for p in respec if p.owner is not None]
+        rolled = [p for p in respec if p.owner is not None]
         if rolled:
-            # A StatefulSet's template changed: its pods are replaced under their own
-            # names, each terminating gracefully and coming back with the new spec (its
-            # rolling update does it one pod at a time; here they go together).
-            runtime = runtime.with_terminating(rolled)
+            # A StatefulSet's template changed: its pods keep running as they are and
+            # its update strategy replaces them under their own names, one at a time
+            # (agent/rollouts.py), each coming back with the new spec.
+            runtime = rollouts.update_statefulsets(agent, runtime, rolled, topology,
+                                                   dry=bool(req.get("dryRun")))
             try:
                 new_base, runtime = agent.compile(runtime, topology)
             except UserError as e:
@@ -199,7 +200,8 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
         created, deleted, _relabelled = pod_changes(agent.base, new_base)
         result: dict[str, Any] = {
             "changes": changes, "created": created,
-            "terminating": sorted(set(deleted) | set(rolled)),
+            "terminating": sorted(set(deleted) | (set(runtime.terminating)
+                                                  & {p.key for p in rolled})),
             "proxyMode": [mode_now, switch] if switch else None,
             "warnings": [d.format() for d in warnings if d.severity == "warning"],
             "rollouts": rollouts.describe(agent, runtime, topology),
@@ -220,7 +222,7 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
         clock.mark("record")
         if changes:
             done = await agent.converge_to(new_base, runtime, {})
-            if agent.runtime.rollouts:
+            if agent.runtime.rollouts or agent.runtime.held:
                 agent.readiness_changed()  # the rollouts move on as pods become ready
             clock.add("converge", agent.last_timings)
             clock.mark("converge")

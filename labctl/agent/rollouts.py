@@ -1,11 +1,14 @@
-"""The agent's deployment controller for template changes: it starts a rollout when
-`apply` gives a Deployment a new pod template, and moves it on (cluster/rollout.py's
-`step`) whenever readiness changes or a pod finishes terminating, until every pod runs
-the new template.
+"""The agent's controllers for template changes: it starts a rollout when `apply`
+gives a Deployment or a StatefulSet a new pod template, and moves it on whenever
+readiness changes or a pod finishes terminating, until every pod runs the new template.
 
-While a Deployment rolls out, Runtime.rollouts holds its new ReplicaSet's size and
-Runtime.held the old pods that keep running; the events say what a real cluster's say
-("Scaled up replica set web-5d8c7f6b9a to 2").
+While a Deployment rolls out (cluster/rollout.py's `step`), Runtime.rollouts holds its
+new ReplicaSet's size and Runtime.held the old pods that keep running; the events say
+what a real cluster's say ("Scaled up replica set web-5d8c7f6b9a to 2"). A StatefulSet's
+pods keep their names: those not yet updated are held, and its RollingUpdate deletes
+the highest ordinal among them (at or above the partition) once every pod of the set
+is Running and Ready and none is terminating; the pod comes back with the new spec.
+OnDelete leaves them until someone deletes them.
 """
 
 from __future__ import annotations
@@ -92,10 +95,23 @@ def _quiet(*_args: str) -> None:
     pass
 
 
+def update_statefulsets(agent: Agent, runtime: Runtime, pods: list[PodState],
+                        topology: Any, dry: bool = False) -> Runtime:
+    """`apply` changed the template of the StatefulSets of `pods` (running pods whose
+    spec it changes): they keep running as they are, then are replaced one at a time."""
+    say = _quiet if dry else agent.event
+    for owner in sorted({p.owner.name for p in pods if p.owner is not None}):
+        mine = [p for p in pods if p.owner is not None and p.owner.name == owner]
+        say("Normal", "RolloutStarted", f"statefulset/{mine[0].namespace}/{owner}",
+            f"new pod template: {len(mine)} pods to update")
+    return step_all(agent, runtime.with_held(p.key for p in pods), topology, dry)
+
+
 def step_all(agent: Agent, runtime: Runtime, topology: Any, dry: bool = False) -> Runtime:
     """Every rolling Deployment takes the steps its pods' availability allows now."""
-    if not runtime.rollouts:
+    if not runtime.rollouts and not runtime.held:
         return runtime
+    runtime = _step_statefulsets(agent, runtime, topology, _quiet if dry else agent.event)
     deployments = {f"{d.meta.namespace}/{d.meta.name}": d
                    for d in _deployments(agent, topology, runtime)}
     for key in list(runtime.rollouts):
@@ -105,6 +121,35 @@ def step_all(agent: Agent, runtime: Runtime, topology: Any, dry: bool = False) -
             runtime = runtime.without_rollout(ns, name)
             continue
         runtime = _step(agent, dep, runtime, _quiet if dry else agent.event, dry)
+    return runtime
+
+
+def _step_statefulsets(agent: Agent, runtime: Runtime, topology: Any,
+                       say: Callable[..., None]) -> Runtime:
+    """Each StatefulSet with pods to update and RollingUpdate: the next one goes, if the
+    set is all Running and Ready and none of its pods is terminating."""
+    from labctl.cluster.addons import with_addons
+
+    for sts in runtime.visible(with_addons(topology)).statefulsets:
+        ns, name = sts.meta.namespace, sts.meta.name
+        pods = [p for p in agent.base.pods if p.owner is not None
+                and p.owner.kind == "StatefulSet" and p.owner.name == name
+                and p.namespace == ns]
+        held = [p for p in pods if p.key in runtime.held]
+        if not held or sts.update_strategy == "OnDelete":
+            continue
+        if any(p.terminating or p.key in runtime.terminating for p in pods) or \
+                not all(agent.pod_ready(p.key) for p in pods):
+            continue  # one at a time, each Ready before the next
+        due = [p for p in held if p.slot >= sts.partition]
+        if not due:
+            continue  # the partition keeps the rest on the old template
+        pod = max(due, key=lambda p: p.slot)
+        left = len(due) - 1
+        say("Normal", "SuccessfulDelete", f"statefulset/{ns}/{name}",
+            f"delete Pod {pod.name} to update it to the new template (highest ordinal "
+            f"first; {left} more{' after it' if left else ''})")
+        runtime = runtime.with_terminating([pod.key])
     return runtime
 
 

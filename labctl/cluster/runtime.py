@@ -19,7 +19,8 @@ applies it:
 * `rollouts` — "<ns>/<deployment>" → the size of the new ReplicaSet while a template
   change rolls out (cluster/rollout.py): only that many pods of the new template exist.
 * `held` — pod keys of the old template's pods a rollout keeps running for now (the old
-  ReplicaSet's); the rollout deletes them a few at a time.
+  ReplicaSet's, or a StatefulSet's pods not yet updated); the rollout deletes them a few
+  at a time (a StatefulSet's one by one; each comes back with the new template).
 
 Deleting a pod follows its controller: a ReplicaSet counts only pods that are not
 terminating, so it creates a replacement (new name) at once; a StatefulSet recreates
@@ -215,6 +216,11 @@ class Runtime:
         return replace(self, rollouts={**self.rollouts, f"{namespace}/{deployment}": new},
                        held=(self.held | set(hold)) - gone,
                        terminating=self.terminating | gone)
+
+    def with_held(self, keys: Iterable[str]) -> Runtime:
+        """Pods that keep running as they are for now: a StatefulSet's whose template
+        changed, until its rolling update (or, OnDelete, their deletion) replaces them."""
+        return replace(self, held=self.held | set(keys))
 
     def without_rollout(self, namespace: str, deployment: str) -> Runtime:
         """The rollout is complete: the Deployment runs its replicas of the template."""

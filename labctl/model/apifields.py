@@ -11,7 +11,12 @@ import ipaddress
 from dataclasses import dataclass
 
 from labctl.model import checks
-from labctl.model.objects import DEPLOYMENT_STRATEGIES, IPVS_SCHEDULERS, PROXY_MODES
+from labctl.model.objects import (
+    DEPLOYMENT_STRATEGIES,
+    IPVS_SCHEDULERS,
+    PROXY_MODES,
+    STATEFULSET_STRATEGIES,
+)
 from labctl.model.schema import (
     BOOLEAN,
     IGNORED,
@@ -189,10 +194,17 @@ DEPLOYMENT = struct(
                     _WORKLOAD_REQUIRED)},
     "status", {"metadata": _METADATA_HINT, "spec": _SPEC_HINT})
 
+STATEFULSET_STRATEGY = struct({
+    "type": Scalar("string", (checks.one_of(
+        *STATEFULSET_STRATEGIES, hint="RollingUpdate replaces the pods one at a time, "
+        "OnDelete only when you delete one"),)),
+    "rollingUpdate": struct({"partition": COUNT}, "maxUnavailable")})
+
 STATEFULSET = struct(
     {**_TOP, "metadata": object_meta(checks.DNS_LABEL),
-     "spec": struct({**_WORKLOAD, "serviceName": STRING},
-                    "volumeClaimTemplates podManagementPolicy updateStrategy "
+     "spec": struct({**_WORKLOAD, "serviceName": STRING,
+                     "updateStrategy": STATEFULSET_STRATEGY},
+                    "volumeClaimTemplates podManagementPolicy "
                     "revisionHistoryLimit minReadySeconds persistentVolumeClaimRetentionPolicy "
                     "ordinals", _WORKLOAD_REQUIRED)},
     "status", {"metadata": _METADATA_HINT, "spec": _SPEC_HINT})

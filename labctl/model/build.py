@@ -180,9 +180,11 @@ def deployment(data: Data, source: Source) -> Deployment:
 
 def statefulset(data: Data, source: Source) -> StatefulSet:
     spec = sub(data, "spec")
+    strategy = sub(spec, "updateStrategy")
     return StatefulSet(meta(data), spec.get("replicas", 1), selector(sub(spec, "selector")),
                        template(sub(spec, "template")), spec.get("serviceName", ""),
-                       source=source)
+                       source=source, update_strategy=strategy.get("type", "RollingUpdate"),
+                       partition=sub(strategy, "rollingUpdate").get("partition", 0))
 
 
 # ---------------------------------------------------------------- services

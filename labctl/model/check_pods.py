@@ -146,6 +146,7 @@ def check_workload(ctx: Context, workload: Workload) -> None:
                       "spec.template.metadata.labels")
     if isinstance(workload, StatefulSet):
         check_statefulset_names(ctx, workload)
+        check_statefulset_strategy(ctx, workload)
     else:
         check_deployment_strategy(ctx, workload)
 
@@ -190,6 +191,12 @@ def show_selector(sel: LabelSelector) -> str:
         parts.append({"In": f"{key} in ({listed})", "NotIn": f"{key} notin ({listed})",
                       "Exists": key, "DoesNotExist": f"!{key}"}[operator])
     return ",".join(parts)
+
+
+def check_statefulset_strategy(ctx: Context, sts: StatefulSet) -> None:
+    if sts.update_strategy == "OnDelete" and ctx.written(sts, "spec.updateStrategy.rollingUpdate"):
+        ctx.error(sts, "spec.updateStrategy.rollingUpdate", "may not be given when type is "
+                  "OnDelete", "remove rollingUpdate, or use type: RollingUpdate")
 
 
 def check_statefulset_names(ctx: Context, sts: StatefulSet) -> None:

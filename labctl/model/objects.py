@@ -246,6 +246,9 @@ class Deployment:
     min_ready_seconds: int = 0  # a new pod counts as available once ready this long
 
 
+STATEFULSET_STRATEGIES = ("RollingUpdate", "OnDelete")
+
+
 @dataclass(frozen=True)
 class StatefulSet:
     meta: ObjectMeta
@@ -254,6 +257,10 @@ class StatefulSet:
     template: PodTemplate
     service_name: str = ""
     source: Source = field(default=Source(), compare=False)
+    # spec.updateStrategy: RollingUpdate replaces the pods one at a time, highest
+    # ordinal first, those at or above `partition`; OnDelete only when one is deleted
+    update_strategy: str = "RollingUpdate"
+    partition: int = 0
 
 
 # ---------------------------------------------------------------- Services

@@ -163,7 +163,8 @@ def test_apply_bad_files_change_nothing(tmp_path: Path) -> None:
 
 
 def test_apply_a_changed_pod_spec(tmp_path: Path) -> None:
-    """A StatefulSet's new template replaces its pods under their own names; a bare
+    """A StatefulSet's new template replaces its pods under their own names, one at a
+    time from the highest ordinal, each back and Ready before the next goes; a bare
     pod's spec cannot change (the API server refuses), but its labels can."""
     name = "it-apply-spec"
     solo = ("apiVersion: v1\nkind: Pod\nmetadata: {name: solo, labels: {app: solo}}\n"
@@ -186,7 +187,7 @@ def test_apply_a_changed_pod_spec(tmp_path: Path) -> None:
                                                     "containerPort: 5433"))
         out = labctl("apply", "-f", str(changed), "--lab", name).stdout
         assert "statefulset.apps/db configured" in out
-        assert "pod/db-0 terminating" in out and "pod/db-1 terminating" in out
+        assert "pod/db-1 terminating" in out and "pod/db-0" not in out  # db-1 first
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # back under their names, with the new spec
             try:
@@ -199,6 +200,13 @@ def test_apply_a_changed_pod_spec(tmp_path: Path) -> None:
         else:
             raise AssertionError("db-0 and db-1 did not come back on port 5433")
         assert connect_error(client, ip_of("db-0"), 5432)[0] != 0
+        events = [ln.split(None, 4)[2:] for ln in labctl(
+            "events", "--lab", name).stdout.splitlines()[1:]]
+        order = [(reason, obj) for reason, obj, *_ in events
+                 if obj in ("pod/default/db-0", "pod/default/db-1")
+                 and reason in ("Killing", "Started")]
+        assert order[-4:] == [("Killing", "pod/default/db-1"), ("Started", "pod/default/db-1"),
+                              ("Killing", "pod/default/db-0"), ("Started", "pod/default/db-0")]
 
         # a bare pod's spec: refused, exit 2, the pod untouched
         respec = tmp_path / "solo.yaml"
@@ -218,6 +226,54 @@ def test_apply_a_changed_pod_spec(tmp_path: Path) -> None:
         assert "terminating" not in out
         vip = dig_in(client, "front.default.svc.cluster.local")
         assert http_get(client, vip, 80).pod == "solo"
+    finally:
+        labctl("down", name)
+
+
+def test_statefulset_partition_and_on_delete(tmp_path: Path) -> None:
+    """updateStrategy: a partition keeps the lower ordinals on the old template; OnDelete
+    updates a pod only when it is deleted."""
+    name = "it-apply-sts"
+    three = STS.replace("replicas: 2", "replicas: 3")
+    partitioned = three.replace("  serviceName: db\n", "  serviceName: db\n  updateStrategy: "
+                                "{rollingUpdate: {partition: 2}}\n")
+    assert partitioned != three
+    path = write_lab(tmp_path, name, join(lab(name), partitioned, DB_SVC, pod("client")))
+    client = f"lc.{name}.pod.default.client"
+    labctl("up", str(path), "-q")
+
+    def port_of(pod_name: str) -> int:
+        """The port the pod's server listens on now (5432 old, 5433 new template)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            out = labctl("get", "pods", "-o", "wide", "--lab", name).stdout
+            ip = next((ln.split()[5] for ln in out.splitlines()
+                       if ln.split()[0] == pod_name and "Running" in ln), "")
+            for port in (5432, 5433):
+                if ip and connect_error(client, ip, port, timeout=1.0)[0] == 0:
+                    return port
+            time.sleep(0.2)
+        raise AssertionError(f"{pod_name} answers on neither port")
+
+    try:
+        changed = tmp_path / "v2.yaml"
+        changed.write_text(path.read_text().replace("containerPort: 5432",
+                                                    "containerPort: 5433"))
+        out = labctl("apply", "-f", str(changed), "--lab", name).stdout
+        assert "pod/db-2 terminating" in out
+        assert port_of("db-2") == 5433
+        time.sleep(1.5)  # time enough for a (wrong) next step
+        assert port_of("db-1") == 5432 and port_of("db-0") == 5432  # below the partition
+        # OnDelete: nothing moves until a pod is deleted; that one comes back updated
+        on_delete = tmp_path / "v3.yaml"
+        on_delete.write_text(changed.read_text().replace(
+            "updateStrategy: {rollingUpdate: {partition: 2}}", "updateStrategy: {type: OnDelete}"))
+        out = labctl("apply", "-f", str(on_delete), "--lab", name).stdout
+        assert "terminating" not in out
+        time.sleep(1.5)
+        assert port_of("db-1") == 5432
+        labctl("delete", "pod", "db-1", "--lab", name)
+        assert port_of("db-1") == 5433 and port_of("db-0") == 5432
     finally:
         labctl("down", name)
 

@@ -5,6 +5,7 @@ Runtime and compile support for a rollout's old pods."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,8 @@ from labctl.cluster import rollout
 from labctl.cluster.compile import compile_state
 from labctl.cluster.runtime import Runtime
 from labctl.cluster.workloads import expand
+from labctl.errors import UserError
+from labctl.model.load import load_topology
 from labctl.model.objects import DeploymentStrategy
 from tests.unit.test_cluster_runtime import web_pods, web_topology
 
@@ -123,3 +126,52 @@ def test_runtime_keeps_a_rollouts_old_pods_and_compile_carries_them() -> None:
         "Deployment", "default", "web").rollouts == {}
     with pytest.raises(ValueError, match="runtime rollouts"):
         Runtime.from_json({"rollouts": {"web": 1}})
+
+
+LAB = "apiVersion: labctl/v1\nkind: Lab\nmetadata: {name: r}\nspec: {nodes: [{name: n1}]}\n"
+
+
+def workload(kind: str, spec: str) -> str:
+    return (f"---\napiVersion: apps/v1\nkind: {kind}\nmetadata: {{name: w}}\nspec:\n{spec}"
+            "  selector: {matchLabels: {app: w}}\n"
+            "  template:\n    metadata: {labels: {app: w}}\n"
+            "    spec: {containers: [{name: c}]}\n")
+
+
+@pytest.mark.parametrize(("kind", "spec", "field", "message"), [
+    ("Deployment", "  strategy: {type: Recreate, rollingUpdate: {maxSurge: 1}}\n",
+     "spec.strategy.rollingUpdate", "may not be given when type is Recreate"),
+    ("Deployment", "  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: '0%'}}\n",
+     "spec.strategy.rollingUpdate.maxUnavailable", "may not be 0 when maxSurge is 0"),
+    ("Deployment", "  strategy: {rollingUpdate: {maxSurge: 'lots'}}\n",
+     "spec.strategy.rollingUpdate.maxSurge", "expected a number of pods or a percent"),
+    ("Deployment", "  strategy: {type: Rolling}\n",
+     "spec.strategy.type", "expected one of RollingUpdate, Recreate"),
+    ("StatefulSet", "  updateStrategy: {type: OnDelete, rollingUpdate: {partition: 1}}\n",
+     "spec.updateStrategy.rollingUpdate", "may not be given when type is OnDelete"),
+    ("StatefulSet", "  updateStrategy: {rollingUpdate: {partition: -1}}\n",
+     "spec.updateStrategy.rollingUpdate.partition", "expected 0 or more"),
+])
+def test_bad_strategies_are_user_errors(tmp_path: Path, kind: str, spec: str, field: str,
+                                        message: str) -> None:
+    path = tmp_path / "lab.yaml"
+    path.write_text(LAB + workload(kind, spec))
+    with pytest.raises(UserError) as err:
+        load_topology([str(path)])
+    found = [d for d in err.value.diagnostics if d.field.endswith(field)]
+    assert found and message in found[0].message, err.value.format()
+    assert found[0].pos is not None and found[0].pos.file.endswith("lab.yaml")
+
+
+def test_strategies_are_read(tmp_path: Path) -> None:
+    text = LAB + workload("Deployment", "  minReadySeconds: 5\n  strategy: {rollingUpdate: "
+                                        "{maxSurge: 2, maxUnavailable: '50%'}}\n")
+    text += workload("StatefulSet", "  updateStrategy: {rollingUpdate: {partition: 2}}\n"
+                     ).replace("name: w}", "name: s}")
+    path = tmp_path / "lab.yaml"
+    path.write_text(text)
+    topo, _ = load_topology([str(path)])
+    dep, sts = topo.deployments[0], topo.statefulsets[0]
+    assert dep.strategy == DeploymentStrategy("RollingUpdate", 2, "50%")
+    assert dep.min_ready_seconds == 5
+    assert (sts.update_strategy, sts.partition) == ("RollingUpdate", 2)
