@@ -122,7 +122,7 @@ COMPLETERS: dict[tuple[str, str], Completer] = {
     ("break", "name"): complete_pods,
     ("heal", "name"): complete_pods,
     ("rules", "node"): complete_nodes,
-    ("trace", "pod"): complete_pods,
+    ("trace", "source"): complete_targets,
     ("trace", "dest"): complete_pods,
     ("graph", "sources"): complete_graph_sources,
     ("check", "exercise"): complete_exercises,

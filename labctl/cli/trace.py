@@ -1,4 +1,5 @@
-"""`labctl trace`: send one probe from a pod and show the packet's walk through the lab."""
+"""`labctl trace`: send one probe from a pod, a node or the external client and show the
+packet's walk through the lab."""
 
 from __future__ import annotations
 
@@ -11,32 +12,36 @@ from labctl.errors import LabctlError
 
 
 @command(short_help="Follow one probe packet through every hook and rule it meets.")
-@argument("pod")
+@argument("source", metavar="SOURCE")
 @argument("dest", metavar="DEST[:PORT]")
 @option("--proto", type=Choice(["tcp", "udp", "icmp"]),
         help="Protocol of the probe (default: the port's own, else tcp).")
 @option("-n", "--namespace", default="default", show_default=True,
-        help="Namespace of POD and of a Service or pod named without NS/.")
+        help="Namespace of a pod or Service named without NS/.")
 @option("--timeout", type=FloatRange(0.1, 30), default=2.0,
         show_default=True, metavar="SECONDS", help="How long the probe waits for an "
         "answer.")
 @option("-o", "--output", "fmt", type=Choice(["text", "json"]), default="text",
         show_default=True)
 @lab_option
-def trace(pod: str, dest: str, proto: str | None, namespace: str, timeout: float, fmt: str,
-          lab_name: str | None) -> None:
-    """Send one probe from POD to DEST and show the packet's walk: every netfilter hook
+def trace(source: str, dest: str, proto: str | None, namespace: str, timeout: float,
+          fmt: str, lab_name: str | None) -> None:
+    """Send one probe from SOURCE to DEST and show the packet's walk: every netfilter hook
     and rule it met in each node (nftrace), the DNAT/SNAT applied, the route and the
     interface it left by, and where it arrived — or which rule dropped or rejected it;
     then the same for the reply (needs root).
 
-    DEST is an IP address, a Service (NAME or NS/NAME: its ClusterIP) or a pod (its IP);
-    PORT a number or a port name, by default the Service's first port (a pod's first
-    containerPort). The probe is a TCP connect, a UDP datagram or an ICMP echo sent from
-    a socket inside the pod; its first packet and the first answer are traced.
+    SOURCE is a pod (NAME or NS/NAME), a node, or `external`: the client outside the
+    cluster, which reaches NodePorts, LoadBalancer IPs and externalIPs. DEST is an IP
+    address, a node (NODE:NODEPORT), a Service (NAME or NS/NAME: its ClusterIP; from
+    `external`, its LoadBalancer IP, an externalIP, else its NodePort on the first
+    node) or a pod (its IP); PORT a number or a port name, by default the Service's
+    first port (a pod's first containerPort). The probe is a TCP connect, a UDP
+    datagram or an ICMP echo sent from a socket in SOURCE's network namespace; its first
+    packet and the first answer are traced.
 
     \b
-    How: each namespace the probe may cross (the pod and every node) gets a temporary
+    How: each namespace the probe may cross (the source and every node) gets a temporary
     table `inet labctl-trace-<pid>` marking the probe's packets with `meta nftrace` (by
     port, by the probe's DSCP 0x2d and by a conntrack label, so NAT does not lose them),
     and `nft monitor trace` runs there; both are removed afterwards, even on Ctrl-C.
@@ -64,22 +69,19 @@ def trace(pod: str, dest: str, proto: str | None, namespace: str, timeout: float
       labctl trace client 172.18.0.3:30080    # a NodePort (masqueraded to the endpoint)
       labctl trace client web-0 --proto icmp  # a pod, by name
       labctl trace -n shop frontend backend:8080
+      labctl trace external webnp             # from outside: LB IP, externalIP or NodePort
+      labctl trace external node2:30080       # a NodePort on node2, from outside
+      labctl trace node1 web                  # from a node's own network stack
     """
-    from labctl.cli.targets import find_pod
-    from labctl.errors import Diagnostic, NotFoundError, UserError
     from labctl.lab import lifecycle, store
     from labctl.lab import trace as tracing
     from labctl.trace import report, target
 
     lab = lifecycle.pick_lab(lab_name)
     state = store.state_of(lab)
-    try:
-        src = find_pod(state, pod, namespace)
-    except NotFoundError as exc:
-        raise UserError(Diagnostic("error", None, "POD", str(exc),
-                                   "the probe leaves from a pod: see `labctl get pods`")
-                        ) from None
-    destination = target.resolve(state, dest, proto, namespace)
+    src = target.resolve_source(state, source, namespace)
+    destination = target.resolve(state, dest, proto, namespace,
+                                 outside=src.kind == "external")
     if os.geteuid() != 0:
         raise LabctlError("trace needs root: it enters the lab's network namespaces "
                           "(run it with sudo)")

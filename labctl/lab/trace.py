@@ -1,7 +1,8 @@
-"""`labctl trace`: one probe from a pod, traced through every namespace it may cross.
+"""`labctl trace`: one probe from a pod, a node or the external client, traced through
+every namespace it may cross.
 
-The order: the probe's socket is opened in the pod (its source port is then known),
-trace tables and `nft monitor trace` go into the pod's and every node's namespace, the
+The order: the probe's socket is opened in the source's namespace (its source port is
+then known), trace tables and `nft monitor trace` go into it and every node's, the
 probe is sent, the monitors are read up to an end marker, then everything temporary is removed
 (labctl/net/nftrace) and the walk is built from the events, each node's ruleset (to
 quote rules as `iptables-save` shows them), its conntrack entries and route lookups.
@@ -12,13 +13,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from labctl.cluster.state import ClusterState, PodState
+from labctl.cluster.state import ClusterState
 from labctl.errors import CapabilityError
 from labctl.net import nftrace
 from labctl.proxy import sync
 from labctl.trace import walk
 from labctl.trace.rulebook import RuleBook
-from labctl.trace.target import Destination
+from labctl.trace.target import Destination, Source
 
 
 @dataclass
@@ -62,15 +63,17 @@ def udp_payload(dest: Destination, domain: str) -> bytes:
         struct.pack("!HH", 1, 1)
 
 
-def run(lab: str, state: ClusterState, pod: PodState, dest: Destination,
+def run(lab: str, state: ClusterState, src: Source, dest: Destination,
         timeout: float = 2.0) -> Trace:
     check_traceable(state)
-    places = [(f"pod {pod.key}", "pod", pod.netns)] + \
-        [(node.name, "node", node.netns) for node in state.nodes]
-    probe = nftrace.Probe.open(pod.netns, pod.ip, dest.protocol)
+    # A client namespace (pod, external) ends or starts a walk as a pod does.
+    first = [] if src.kind == "node" else [
+        (f"pod {src.name}" if src.kind == "pod" else "external", "pod", src.netns)]
+    places = first + [(node.name, "node", node.netns) for node in state.nodes]
+    probe = nftrace.Probe.open(src.netns, src.ip, dest.protocol)
     try:
         with nftrace.tracing([ns for _w, _k, ns in places], probe.flow,
-                             unlabelled=[pod.netns]) as monitors:
+                             unlabelled=[ns for _w, _k, ns in first]) as monitors:
             outcome = probe.send(dest.ip, dest.port, timeout,
                                  udp_payload(dest, state.lab.cluster_domain))
             nftrace.settle(monitors)
@@ -87,6 +90,7 @@ def run(lab: str, state: ClusterState, pod: PodState, dest: Destination,
     pods_by_ip = {p.ip: f"{p.key} on {p.node}" for p in state.pods}
     the_walk = walk.build(read, probe.flow, pods_by_ip, nftrace.route_get,
                           state.lab.proxy_mode)
-    source = {"pod": pod.key, "node": pod.node, "ip": pod.ip,
+    source = {"kind": src.kind, src.kind if src.kind != "external" else "name": src.name,
+              "node": src.node, "ip": src.ip,
               ("port" if dest.protocol != "icmp" else "icmpId"): probe.port}
     return Trace(lab, state.lab.proxy_mode, source, dest, outcome, the_walk)

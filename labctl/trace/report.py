@@ -21,9 +21,11 @@ def header(protocol: str, source: dict[str, Any], dest_ip: str, dest_port: int,
            dest_what: str, lab: str, mode: str) -> list[str]:
     src = f"{source['ip']}:{source['port']}" if "port" in source else source["ip"]
     dst = f"{dest_ip}:{dest_port}" if dest_port else dest_ip
+    kind = source.get("kind", "pod")
+    origin = {"pod": f"pod {source.get('pod')} (on {source.get('node')})",
+              "node": f"node {source.get('node')}"}.get(kind, "the external client")
     return [f"trace {protocol.upper()} {src} → {dst}",
-            f"  from pod {source['pod']} (on {source['node']}) to {dest_what}; "
-            f"lab {lab}, proxy mode {mode}"]
+            f"  from {origin} to {dest_what}; lab {lab}, proxy mode {mode}"]
 
 
 def outcome_line(result: str, detail: str, seconds: float, reply: str = "") -> str:

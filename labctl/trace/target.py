@@ -1,9 +1,12 @@
-"""What `labctl trace POD DEST[:PORT]` names, resolved against a lab's ClusterState (pure).
+"""What `labctl trace SOURCE DEST[:PORT]` names, resolved against a lab's ClusterState
+(pure).
 
-DEST is an IPv4 address, a Service (`web`, `ns/web`: its ClusterIP) or a pod (its IP);
-PORT a number or a port's name, by default the Service's first port (a pod's first
-containerPort). Anything that names nothing is a user error (exit 2) raised before the
-trace touches the kernel.
+SOURCE is a pod, a node, or `external` (the client outside the cluster). DEST is an IPv4
+address, a node (its IP: with a NodePort), a Service (`web`, `ns/web`: its ClusterIP —
+from outside, the address outside traffic uses: its LoadBalancer IP, an externalIP, or
+the NodePort on the first node) or a pod (its IP); PORT a number or a port's name, by
+default the Service's first port (a pod's first containerPort). Anything that names
+nothing is a user error (exit 2) raised before the trace touches the kernel.
 """
 
 from __future__ import annotations
@@ -26,6 +29,34 @@ class Destination:
     what: str  # in words: "Service default/web (port http)", "pod default/web-0", "10.1.2.3"
     service: str = ""  # ns/name when DEST is (or its address belongs to) a Service
     pod: str = ""  # ns/name when DEST is a pod's address
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the probe leaves from."""
+
+    kind: str  # pod | node | external
+    name: str  # ns/name for a pod, the node's name, or "external"
+    netns: str
+    ip: str
+    node: str = ""  # the pod's node, or the node itself
+
+
+def resolve_source(state: ClusterState, name: str, namespace: str = "default") -> Source:
+    """SOURCE: `external`, a node's name, or a pod (NAME or NS/NAME)."""
+    if name == "external":
+        return Source("external", "external", state.external_netns, state.external_ip)
+    node = next((n for n in state.nodes if n.name == name), None)
+    if node is not None:
+        return Source("node", node.name, node.netns, node.ip, node.name)
+    pod = _find_pod(state, name, namespace)
+    if pod is None or pod.terminating:
+        nodes = ", ".join(n.name for n in state.nodes)
+        raise user_error("SOURCE", f"no pod, node or client named {name!r}"
+                         + (f" in namespace {namespace}" if "/" not in name else ""),
+                         f"the probe leaves from a pod (see `labctl get pods`), a node "
+                         f"({nodes}) or `external`")
+    return Source("pod", pod.key, pod.netns, pod.ip, pod.node)
 
 
 def user_error(field: str, message: str, hint: str) -> UserError:
@@ -120,9 +151,17 @@ def _check_protocol(protocol: str, dest: str) -> str:
 
 
 def resolve(state: ClusterState, dest: str, proto: str | None,
-            namespace: str = "default") -> Destination:
-    """Resolve DEST[:PORT] (and --proto, None: the port's own protocol)."""
+            namespace: str = "default", outside: bool = False) -> Destination:
+    """Resolve DEST[:PORT] (and --proto, None: the port's own protocol). `outside`: the
+    probe comes from the external client, which has no route to ClusterIPs."""
     host, port = split_port(dest)
+    node = next((n for n in state.nodes if n.name == host), None)
+    if node is not None:
+        host = node.ip
+    elif outside and not _is_ip(host):
+        svc = _find_service(state, host, namespace)
+        if svc is not None:
+            return _from_outside(state, svc, dest, port, proto)
     if proto == "icmp":
         if port:
             raise user_error("DEST", f"{dest!r}: ICMP has no ports",
@@ -166,6 +205,34 @@ def resolve(state: ClusterState, dest: str, proto: str | None,
         return Destination(pod.ip, number, _check_protocol(proto or protocol, dest),
                            f"pod {pod.key}", pod=pod.key)
     raise _unknown(state, host, namespace)
+
+
+def _from_outside(state: ClusterState, svc: ServiceState, dest: str, port: str,
+                  proto: str | None) -> Destination:
+    """A Service as the external client reaches it: its LoadBalancer IP, else an
+    externalIP, else a NodePort on the first node."""
+    if proto == "icmp":
+        raise user_error("DEST", f"{dest!r}: a Service is not pinged from outside",
+                         "trace a TCP or UDP port (the default)")
+    number, protocol, name = _service_port(svc, port, proto)
+    protocol = _check_protocol(proto or protocol, dest)
+    named = f" (port {name})" if name else ""
+    address = svc.load_balancer_ip or next(iter(svc.service.external_ips), "")
+    if address:
+        kind = "LoadBalancer IP" if address == svc.load_balancer_ip else "externalIP"
+        return Destination(address, number, protocol, f"Service {svc.key}{named}, {kind}",
+                           service=svc.key)
+    chosen = next((p for p in svc.ports if p.port == number and p.node_port), None)
+    if chosen is None:
+        raise user_error("DEST", f"Service {svc.key} is not reachable from outside the "
+                         f"cluster (type {svc.service.type}: no NodePort, LoadBalancer IP "
+                         "or externalIP)",
+                         "trace it from a pod or a node, or make it a NodePort or "
+                         "LoadBalancer Service")
+    node = state.nodes[0]
+    return Destination(node.ip, chosen.node_port, protocol,
+                       f"NodePort {chosen.node_port} of Service {svc.key} on {node.name}",
+                       service=svc.key)
 
 
 def _resolve_icmp(state: ClusterState, host: str, namespace: str) -> Destination:

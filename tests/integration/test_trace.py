@@ -45,7 +45,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "apiVersion: v1\nkind: Service\nmetadata: {name: echo}\nspec:\n  selector: {app: web}\n"
         "  ports: [{name: echo, port: 9000, targetPort: echo, protocol: UDP}]\n",
         m.service("empty", "nothing", 80, 8080),
-        m.service("webnp", "web", 8081, 8080, node_port=30080, type="NodePort")))
+        m.service("webnp", "web", 8081, 8080, node_port=30080, type="NodePort"),
+        m.service("weblb", "web", 8082, 8080, type="LoadBalancer")))
     labctl("down", LAB, check=False)
     try:
         labctl("up", str(path))
@@ -57,7 +58,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
         state = store.state_of(LAB)
         yield {"web_ip": info["web"], "client_ip": info["client"], "vips": vips,
-               "netns": [n.netns for n in state.nodes] + [p.netns for p in state.pods],
+               "netns": [n.netns for n in state.nodes] + [p.netns for p in state.pods]
+               + [state.external_netns],
                "mode": "iptables"}
     finally:
         labctl("down", LAB, check=False)
@@ -179,8 +181,49 @@ def test_bad_destinations_are_user_errors_that_create_nothing(lab: dict[str, Any
     assert "error: DEST: no Service or pod named 'wbe'" in proc.stderr
     assert "hint: did you mean web" in proc.stderr
     proc = labctl("trace", "--lab", LAB, "nosuch", "web", check=False)
-    assert proc.returncode == 2 and "error: POD: " in proc.stderr
+    assert proc.returncode == 2 and "error: SOURCE: no pod, node or client named" in proc.stderr
+    assert "node1, node2" in proc.stderr and "`external`" in proc.stderr
+    proc = labctl("trace", "--lab", LAB, "external", "web", check=False)  # a ClusterIP
+    assert proc.returncode == 2 and "not reachable from outside the cluster" in proc.stderr
     assert not _trace_tables(lab)
+
+
+@pytest.mark.parametrize(("dest", "what", "dnat_on"), [
+    ("webnp", "NodePort 30080 of Service default/webnp on node1", "node1"),
+    ("node2:30080", "NodePort 30080 of Service default/webnp on node2", "node2"),
+    ("weblb", "Service default/weblb (port http), LoadBalancer IP", None),
+])
+def test_a_probe_from_outside_enters_through_a_node(mode_lab: dict[str, Any], dest: str,
+                                                    what: str, dnat_on: str | None) -> None:
+    """From the external client: to a NodePort (by Service or by node) and to the
+    LoadBalancer IP (the node announcing it): the node DNATs and masquerades, the pod on
+    node2 answers, and the reply comes back out to the client."""
+    doc = trace_json("external", dest)
+    assert doc["source"]["kind"] == "external" and doc["source"]["ip"] == "172.18.0.254"
+    assert doc["destination"]["what"] == what
+    assert doc["outcome"]["result"] == "connected", doc["outcome"]
+    req = doc["request"]
+    assert req["steps"][0]["where"] == "external" and req["steps"][0]["hook"] == "output"
+    dnat = [s["where"] for s in req["steps"] for c in s["chains"] for r in c["rules"]
+            if "DNAT" in r["action"] or r["action"].startswith("dnat")]
+    assert dnat and (dnat_on is None or dnat == [dnat_on]), dnat
+    masq = [s["where"] for s in req["steps"] for c in s["chains"] for r in c["rules"]
+            if r["action"].startswith(("MASQUERADE", "masquerade"))]
+    assert masq == dnat  # externalTrafficPolicy Cluster: the client's address is hidden
+    assert req["result"] == "arrived"
+    assert doc["reply"]["result"] == "arrived" and \
+        doc["reply"]["steps"][-1]["where"] == "external"
+
+
+def test_a_probe_from_a_node_leaves_by_its_output_hook(lab: dict[str, Any]) -> None:
+    doc = trace_json("node1", "web")
+    assert doc["source"] == {**doc["source"], "kind": "node", "node": "node1",
+                             "ip": "172.18.0.2"}
+    first = doc["request"]["steps"][0]
+    assert (first["where"], first["hook"]) == ("node1", "output")
+    assert doc["outcome"]["result"] == "connected", doc["outcome"]
+    text = labctl("trace", "--lab", LAB, "node1", "web").stdout
+    assert "from node node1 to Service default/web" in text
 
 
 def _trace_tables(lab: dict[str, Any]) -> dict[str, list[str]]:

@@ -306,3 +306,51 @@ def test_a_masqueraded_request_is_still_the_probe_by_its_dscp() -> None:
                                "icmp type echo-request icmp code 0 icmp id 4242")
     assert walk.same_flow(icmp, ping) and not walk.same_flow(icmp, replace(ping, icmp_id=1))
     assert walk.describe_conntrack(icmp) == "icmp 10.244.0.2 → 10.100.195.26: no NAT"
+
+
+# ------------------------------------------------------------------ SOURCE, and DEST from outside
+
+
+def test_source_is_a_pod_a_node_or_the_external_client(state) -> None:  # type: ignore[no-untyped-def]
+    client = state.pod("default", "client")
+    src = target.resolve_source(state, "client")
+    assert (src.kind, src.name, src.netns, src.ip, src.node) == (
+        "pod", "default/client", client.netns, client.ip, "node1")
+    node = state.node("node2")
+    assert target.resolve_source(state, "node2") == target.Source(
+        "node", "node2", node.netns, node.ip, "node2")
+    ext = target.resolve_source(state, "external")
+    assert (ext.kind, ext.netns, ext.ip) == ("external", state.external_netns,
+                                             state.external_ip)
+    with pytest.raises(UserError) as err:
+        target.resolve_source(state, "nobody")
+    d = err.value.diagnostics[0]
+    assert d.field == "SOURCE" and "node1, node2" in d.hint and "`external`" in d.hint
+
+
+def test_dest_from_outside_is_the_address_outside_traffic_uses() -> None:
+    web = pod("web-0", {"app": "web"}, node="node2",
+              containers=(container("web", (8080, "http")),))
+    np = service("np", {"app": "web"}, ServicePort(80, name="http", target_port="http",
+                                                    node_port=30080), type="NodePort")
+    lb = service("lb", {"app": "web"}, ServicePort(81, name="http", target_port="http"),
+                 type="LoadBalancer")
+    ext = service("ext", {"app": "web"}, ServicePort(82, name="http", target_port="http"),
+                  external_ips=("203.0.113.9",))
+    cip = service("cip", {"app": "web"}, ServicePort(83, name="http", target_port="http"))
+    st = compile_state(topology(lab("node1", "node2"), pods=(web,),
+                                services=(np, lb, ext, cip)))
+    d = target.resolve(st, "np", None, outside=True)
+    assert (d.ip, d.port, d.what) == (st.node("node1").ip, 30080,
+                                      "NodePort 30080 of Service default/np on node1")
+    d = target.resolve(st, "lb", None, outside=True)
+    lb_ip = next(s for s in st.services if s.name == "lb").load_balancer_ip
+    assert (d.ip, d.port) == (lb_ip, 81) and d.what.endswith("LoadBalancer IP")
+    d = target.resolve(st, "ext", None, outside=True)
+    assert (d.ip, d.port) == ("203.0.113.9", 82) and d.what.endswith("externalIP")
+    d = target.resolve(st, "node2:30080", None, outside=True)  # a node by name
+    assert (d.ip, d.what) == (st.node("node2").ip,
+                              "NodePort 30080 of Service default/np on node2")
+    with pytest.raises(UserError, match="not reachable from outside the cluster"):
+        target.resolve(st, "cip", None, outside=True)
+    assert target.resolve(st, "cip", None).port == 83  # from inside: its ClusterIP
