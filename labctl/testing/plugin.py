@@ -11,7 +11,9 @@ Registered under the `pytest11` entry point, so installing labctl makes it avail
 Fixtures: `lab` (module scope) — the topology of the module's `lab` marker, else of the
 `lab_file` fixture (override or parametrise it); named by the marker's `name=`, else
 the `lab_name` fixture; the marker's `modes=[...]` runs the module once per kube-proxy
-mode, each in its own lab `<name>-<mode[:3]>`. `session_lab` (session scope) — from
+mode, each in its own lab `<name>-<mode[:3]>`. A test function (or class) with its own
+`lab` marker gets its own lab, named by its `name=` or `pt-<test name>`, up for its
+tests only. `session_lab` (session scope) — from
 `--labctl-lab PATH` or the `session_lab_file` fixture. Both yield a
 `labctl.testing.lab.Lab` and take the lab down afterwards — after failures, a half-made
 lab, Ctrl-C — unless `--labctl-keep` asks to leave it up for debugging.
@@ -81,19 +83,56 @@ def default_name(stem: str, prefix: str = "pt") -> str:
     return f"{prefix}-{text}"[:40].rstrip("-")
 
 
+class OwnLab:
+    """The lab of a test function or class with its own `lab` marker (a `lab` param)."""
+
+    def __init__(self, path: str, name: str, mode: str | None) -> None:
+        self.path, self.name, self.mode = path, name, mode
+
+    def __repr__(self) -> str:
+        return f"{self.name}{'-' + self.mode if self.mode else ''}"
+
+
+def _own_marker(metafunc: pytest.Metafunc) -> pytest.Mark | None:
+    """A `lab` marker on the test function or its class, not on the module."""
+    node = metafunc.definition
+    own = next((m for m in node.iter_markers("lab")), None)
+    module_marks = [m for m in getattr(metafunc.module, "pytestmark", [])
+                    if getattr(m, "name", "") == "lab"] \
+        if isinstance(getattr(metafunc.module, "pytestmark", None), list) else \
+        [m for m in [getattr(metafunc.module, "pytestmark", None)]
+         if getattr(m, "name", "") == "lab"]
+    if own is None or any(own.args == m.args and own.kwargs == m.kwargs
+                          for m in module_marks):
+        return None
+    return own
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """`pytest.mark.lab(PATH, modes=[...])`: the module's tests once per proxy mode."""
-    marker = metafunc.definition.get_closest_marker("lab")
-    modes = marker.kwargs.get("modes") if marker else None
-    if modes and "lab" in metafunc.fixturenames:
-        metafunc.parametrize("lab", list(modes), indirect=True, scope="module")
+    """`pytest.mark.lab(PATH, modes=[...])`: the module's tests once per proxy mode; a
+    test (or class) with a marker of its own, in a lab of its own."""
+    if "lab" not in metafunc.fixturenames:
+        return
+    own = _own_marker(metafunc)
+    marker = own or metafunc.definition.get_closest_marker("lab")
+    modes = list(marker.kwargs.get("modes") or []) if marker else []
+    if own is not None:
+        if not own.args:
+            pytest.fail(f"labctl: {metafunc.definition.nodeid}: its lab marker names no "
+                        "topology: pytest.mark.lab('path/to/lab.yaml')", pytrace=False)
+        name = str(own.kwargs.get("name") or default_name(metafunc.definition.name))
+        params = [OwnLab(str(own.args[0]), name, mode) for mode in modes or [None]]
+        metafunc.parametrize("lab", params, indirect=True, scope="function",
+                             ids=[repr(p) for p in params])
+    elif modes:
+        metafunc.parametrize("lab", modes, indirect=True, scope="module")
 
 
-def _bring_up(request: pytest.FixtureRequest, path: Path, name: str) -> Iterator[Lab]:
+def _bring_up(request: pytest.FixtureRequest, path: Path, name: str,
+              mode: str | None = None) -> Iterator[Lab]:
     from labctl.testing.lab import LabSetupError, running
 
     keep = bool(request.config.getoption("labctl_keep"))
-    mode = getattr(request, "param", None)  # from the marker's `modes`
     if mode:
         name = f"{name[:36]}-{mode[:3]}"
     failed = ""
@@ -110,17 +149,13 @@ def _bring_up(request: pytest.FixtureRequest, path: Path, name: str) -> Iterator
 
 
 @pytest.fixture(scope="module")
-def lab_file(request: pytest.FixtureRequest) -> Path:
-    """The module's topology: its `lab` marker's path, else `--labctl-lab`. Override
-    (or parametrise) this fixture to choose it another way."""
+def lab_file(request: pytest.FixtureRequest) -> Path | None:
+    """The module's topology: its `lab` marker's path, else `--labctl-lab` (None: not
+    named; only tests with a marker of their own may then use `lab`). Override (or
+    parametrise) this fixture to choose it another way."""
     marker = request.node.get_closest_marker("lab")
     path = marker.args[0] if marker and marker.args else request.config.getoption("labctl_lab")
-    if not path:
-        pytest.fail(
-            f"labctl: {request.node.nodeid} uses the `lab` fixture but names no topology: "
-            'add `pytestmark = pytest.mark.lab("path/to/lab.yaml")` to the module, '
-            "define a `lab_file` fixture, or pass --labctl-lab PATH", pytrace=False)
-    return _resolve(str(path), request)
+    return _resolve(str(path), request) if path else None
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +168,21 @@ def lab_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def lab(request: pytest.FixtureRequest, lab_file: Path, lab_name: str) -> Iterator[Lab]:
-    """The module's lab, up for the module's tests and always taken down after them."""
-    yield from _bring_up(request, lab_file, lab_name)
+def lab(request: pytest.FixtureRequest, lab_file: Path | None, lab_name: str
+        ) -> Iterator[Lab]:
+    """The module's lab, up for the module's tests and always taken down after them (a
+    test with its own `lab` marker: its own lab, for it alone)."""
+    param = getattr(request, "param", None)  # a mode of the marker's `modes`, or OwnLab
+    if isinstance(param, OwnLab):
+        yield from _bring_up(request, _resolve(param.path, request), param.name, param.mode)
+        return
+    if lab_file is None:
+        pytest.fail(
+            f"labctl: {request.node.nodeid} uses the `lab` fixture but names no topology: "
+            'add `pytestmark = pytest.mark.lab("path/to/lab.yaml")` to the module (or a '
+            "marker to the test), define a `lab_file` fixture, or pass --labctl-lab PATH",
+            pytrace=False)
+    yield from _bring_up(request, lab_file, lab_name, param)
 
 
 @pytest.fixture(scope="session")
@@ -157,4 +204,4 @@ def session_lab_name() -> str:
 def session_lab(request: pytest.FixtureRequest, session_lab_file: Path,
                 session_lab_name: str) -> Iterator[Lab]:
     """One lab for the whole session, always taken down at its end."""
-    yield from _bring_up(request, session_lab_file, session_lab_name)
+    yield from _bring_up(request, session_lab_file, session_lab_name, None)

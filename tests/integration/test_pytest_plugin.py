@@ -181,6 +181,29 @@ def test_ctrl_c_takes_the_lab_down(pytester: pytest.Pytester, during: str) -> No
     assert leftovers(["pp-plug-int"]) == {}
 
 
+def test_a_test_with_its_own_marker_gets_its_own_lab(pytester: pytest.Pytester) -> None:
+    """The module's lab serves its tests; a test marked with another topology gets a lab
+    of its own (its `name=`), up for it alone; both are gone afterwards."""
+    pytester.makefile(".yaml", other=LAB.replace("name: a, labels: {app: a}",
+                                                 "name: z, labels: {app: a}"))
+    inner_module(pytester, "pp-plug-mod", """
+        def test_module_lab(lab):
+            assert lab.name == "pp-plug-mod" and lab.pod("a")
+
+        @pytest.mark.lab("other.yaml", name="pp-plug-own")
+        def test_own_lab(lab):
+            assert lab.name == "pp-plug-own" and lab.pod("z")
+            assert os.path.exists("/run/netns/" + lab.pod("z").netns)
+
+        def test_module_lab_again(lab):
+            assert lab.name == "pp-plug-mod"
+    """)
+    result = run_inner(pytester, "-v")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*test_own_lab?pp-plug-own? PASSED*"])
+    assert leftovers(["pp-plug-mod", "pp-plug-own"]) == {}
+
+
 def test_keep_leaves_the_lab_up_and_a_second_run_refuses_to_touch_it(
         pytester: pytest.Pytester) -> None:
     inner_module(pytester, "pp-plug-keep", """
