@@ -80,6 +80,7 @@ async def pods(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
                         "endpointsReady": pod.key not in agent.last_ready
                         and not pod.terminating,
                         "created": agent.created.get(pod.key, 0.0),
+                        "readySince": agent.ready_since.get(pod.key),
                         "node": pod.node, "ip": pod.ip}
     return {"pods": out}
 

@@ -11,7 +11,53 @@ from labctl.cluster.state import ClusterState
 KINDS = {"pods": "pods", "pod": "pods", "po": "pods", "nodes": "nodes", "node": "nodes",
          "no": "nodes", "services": "services", "service": "services", "svc": "services",
          "endpoints": "endpoints", "ep": "endpoints", "endpointslices": "endpointslices",
-         "endpointslice": "endpointslices"}
+         "endpointslice": "endpointslices", "deployments": "deployments",
+         "deployment": "deployments", "deploy": "deployments",
+         "replicasets": "replicasets", "replicaset": "replicasets", "rs": "replicasets",
+         "statefulsets": "statefulsets", "statefulset": "statefulsets",
+         "sts": "statefulsets"}
+WORKLOADS = ("deployments", "replicasets", "statefulsets")  # need the manifests too
+
+
+def show_workloads(state: ClusterState, resource: str, fmt: str | None,
+                   namespace: str | None, created: float, topology: Any, runtime: Any,
+                   pod_states: dict[str, dict[str, Any]] | None) -> str:
+    """Deployments (READY, UP-TO-DATE, AVAILABLE), their ReplicaSets (DESIRED, CURRENT,
+    READY) and StatefulSets (READY), counted from the pods, as kubectl shows them."""
+    import time
+
+    from labctl.cluster import workload_status as ws
+
+    kind = KINDS[resource]
+    in_ns = (lambda ns: True) if namespace is None else (lambda ns: ns == namespace)
+    ns_col = namespace is None
+    since = age(created) if created else "-"
+    if kind == "statefulsets":
+        stss = [ws.statefulset_status(state, s, runtime, pod_states)
+                for s in topology.statefulsets if in_ns(s.meta.namespace)]
+        if fmt in ("json", "yaml"):
+            return as_list([ws.statefulset_object(s) for s in stss], fmt)
+        rows = [([s.statefulset.meta.namespace] if ns_col else [])
+                + [s.statefulset.meta.name, f"{s.ready}/{s.desired}", since] for s in stss]
+        return _table(["NAME", "READY", "AGE"], rows, ns_col, "statefulsets", namespace)
+    now = time.time()
+    deps = [ws.deployment_status(state, d, runtime, pod_states, now)
+            for d in topology.deployments if in_ns(d.meta.namespace)]
+    if kind == "replicasets":
+        sets = [(d, rs) for d in deps for rs in d.replica_sets]
+        if fmt in ("json", "yaml"):
+            return as_list([ws.replicaset_object(d, rs) for d, rs in sets], fmt)
+        rows = [([d.deployment.meta.namespace] if ns_col else [])
+                + [rs.name, rs.desired, rs.current, rs.ready, since] for d, rs in sets]
+        return _table(["NAME", "DESIRED", "CURRENT", "READY", "AGE"], rows, ns_col,
+                      "replicasets", namespace)
+    if fmt in ("json", "yaml"):
+        return as_list([ws.deployment_object(d) for d in deps], fmt)
+    rows = [([d.deployment.meta.namespace] if ns_col else [])
+            + [d.deployment.meta.name, f"{d.ready}/{d.desired}", d.updated, d.available,
+               since] for d in deps]
+    return _table(["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], rows, ns_col,
+                  "deployments", namespace)
 
 
 def pod_columns(info: dict[str, Any] | None, containers: int) -> tuple[str, str, int, float]:

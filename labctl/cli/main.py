@@ -247,33 +247,46 @@ def status() -> None:
 # ------------------------------------------------------------------ inspection
 
 @cli.command()
-@argument("resource", type=Choice(
+@argument("resource", type=Choice(  # cli/get.py's KINDS
     ["pods", "pod", "po", "nodes", "node", "no", "services", "service", "svc",
-     "endpoints", "ep", "endpointslices", "endpointslice"]))
+     "endpoints", "ep", "endpointslices", "endpointslice", "deployments", "deployment",
+     "deploy", "replicasets", "replicaset", "rs", "statefulsets", "statefulset", "sts"]))
 @option("-o", "--output", "fmt", type=Choice(["wide", "json", "yaml"]))
 @option("-n", "--namespace", default="default", show_default=True)
 @option("-A", "--all-namespaces", is_flag=True)
 @lab_option
 def get(resource: str, fmt: str | None, namespace: str, all_namespaces: bool,
         lab_name: str | None) -> None:
-    """Show pods, nodes, services or endpoints of a running lab, like kubectl.
+    """Show pods, nodes, services, endpoints, deployments, replicasets or statefulsets of
+    a running lab, like kubectl. During a rollout, `get rs` shows the old and the new
+    ReplicaSet of each Deployment and `get deploy` how many pods are UP-TO-DATE.
 
     \b
     Examples:
       labctl get pods -o wide
       labctl get svc -A
       labctl get endpointslices -o yaml
+      labctl get deploy
+      labctl get rs                # the old and the new ReplicaSet during a rollout
+      labctl get sts -A -o yaml
     """
     from labctl.agent.control import pod_states
-    from labctl.cli.get import KINDS, show
+    from labctl.cli.get import KINDS, WORKLOADS, show, show_workloads
     from labctl.lab import lifecycle, store
 
     lab = lifecycle.pick_lab(lab_name)
     rec = store.load(lab)
     state = store.state_of(lab)
-    states = pod_states(store.state_dir(lab)) if KINDS[resource] == "pods" else None
-    print(show(state, resource, fmt, None if all_namespaces else namespace,
-                    rec.created if rec else 0.0, states))
+    kind = KINDS[resource]
+    states = pod_states(store.state_dir(lab)) if kind in ("pods", *WORKLOADS) else None
+    shown_ns = None if all_namespaces else namespace
+    created = rec.created if rec else 0.0
+    if kind in WORKLOADS:
+        topology, runtime = store.running_workloads(lab)
+        print(show_workloads(state, resource, fmt, shown_ns, created, topology, runtime,
+                             states))
+        return
+    print(show(state, resource, fmt, shown_ns, created, states))
 
 
 @cli.command(name="exec")

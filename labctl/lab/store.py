@@ -191,6 +191,22 @@ def load_live(sdir: str) -> Live:
         return Live()
 
 
+def running_workloads(lab: str) -> tuple[Any, Any]:
+    """The lab's topology as it runs — its manifests with the add-ons, without what
+    `labctl delete` removed — and its Runtime (scale counts, rollouts): what `labctl get
+    deployments` and the like count against."""
+    from labctl.cluster.addons import with_addons
+    from labctl.cluster.runtime import Runtime
+    from labctl.model.load import load_topology
+
+    try:
+        runtime = Runtime.from_json(load_live(state_dir(lab)).runtime)
+    except ValueError as e:
+        raise LabctlError(f"{LIVE} of lab {lab!r}: {e}") from e
+    topology, _ = load_topology(manifest_copies(lab), lab_name=lab)
+    return runtime.visible(with_addons(topology)), runtime
+
+
 def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False

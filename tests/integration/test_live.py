@@ -463,6 +463,8 @@ def test_a_new_template_rolls_out_under_traffic_losing_no_request(rolling: Lab,
     try:
         out = rolling.run("apply", "-f", str(v2)).stdout
         assert "deployment.apps/web configured" in out and out.count(" created") == 1, out
+        sets = rolling.run("get", "rs").stdout  # at once: the old ReplicaSet and the new
+        assert len(sets.splitlines()) == 3, sets
         samples = watch_rollout(rolling, old, lambda: "RolloutComplete" in rolling.events())
     finally:
         result = roll_result(loop, stop)
@@ -473,6 +475,11 @@ def test_a_new_template_rolls_out_under_traffic_losing_no_request(rolling: Lab,
         assert sum(p.ready == "1/1" for p in running) >= 3, pods  # replicas - maxUnavailable
     final = eventually("the old pods gone", lambda: settled(rolling.of("web")))
     assert len(final) == 3 and not set(final) & old
+    rows = [ln.split() for ln in rolling.run("get", "rs").stdout.splitlines()[1:]]
+    new_hash = next(iter(final)).rsplit("-", 2)[1]
+    assert [r[:4] for r in rows] == [[f"web-{new_hash}", "3", "3", "3"]], rows
+    deploy = rolling.run("get", "deploy").stdout.splitlines()
+    assert deploy[1].split()[:4] == ["web", "3/3", "3", "3"], deploy
     events = rolling.events()
     assert "Scaled up replica set web-" in events and "RolloutComplete" in events
     assert set(old) <= set(result["pods"]) and set(final) & set(result["pods"])

@@ -175,3 +175,33 @@ def test_strategies_are_read(tmp_path: Path) -> None:
     assert dep.strategy == DeploymentStrategy("RollingUpdate", 2, "50%")
     assert dep.min_ready_seconds == 5
     assert (sts.update_strategy, sts.partition) == ("RollingUpdate", 2)
+
+
+def test_get_counts_a_rollouts_replica_sets_from_the_pods() -> None:
+    """`labctl get deploy` / `get rs` mid-rollout: the old ReplicaSet's pods, the new
+    one's, ready and available (minReadySeconds) counted from the agent's pod view."""
+    from labctl.cluster import workload_status as ws
+
+    topo = web_topology()
+    before = compile_state(topo)
+    olds = [p.key for p in web_pods(before)]
+    dep = replace(topo.deployments[0], min_ready_seconds=10)
+    template = replace(dep.template, labels={**dep.template.labels, "v": "2"})
+    changed = replace(topo, deployments=(replace(dep, template=template),))
+    runtime = Runtime().with_rollout("default", "web", 1, hold=olds)
+    during = compile_state(changed, before, runtime)
+    new_key = next(p.key for p in during.pods if p.key not in olds)
+    infos = {k: {"ready": True, "readySince": 100.0} for k in olds}
+    infos[new_key] = {"ready": True, "readySince": 105.0}  # ready, not yet for 10 s
+    st = ws.deployment_status(during, changed.deployments[0], runtime, infos, now=110.0)
+    assert (st.desired, st.current, st.updated, st.ready, st.available) == (3, 4, 1, 4, 3)
+    new_rs, old_rs = st.replica_sets
+    assert new_rs.current_template and (new_rs.desired, new_rs.current) == (1, 1)
+    assert not old_rs.current_template and (old_rs.desired, old_rs.current, old_rs.ready) \
+        == (3, 3, 3)
+    obj = ws.deployment_object(st)
+    assert obj["status"] == {"replicas": 4, "updatedReplicas": 1, "readyReplicas": 4,
+                             "availableReplicas": 3, "unavailableReplicas": 0}
+    rs = ws.replicaset_object(st, old_rs)
+    assert rs["metadata"]["labels"]["pod-template-hash"] == old_rs.hash
+    assert rs["metadata"]["ownerReferences"][0]["name"] == "web"
