@@ -438,10 +438,11 @@ class Agent:
                          new: dict[str, list[dict[str, Any]]]) -> None:
         for key, states in new.items():
             before = {c["name"]: c for c in old.get(key, [])}
+            born = self.created.get(key, 0.0)
             for c in states:
                 b = before.get(c["name"])
-                if b is None:
-                    continue
+                if b is None or float(b.get("started") or 0.0) < born:
+                    continue  # new, or a previous pod's under this name (a StatefulSet's)
                 if c.get("restarts", 0) > b.get("restarts", 0) or (
                         c.get("started") and c.get("started") != b.get("started")
                         and b.get("started")):

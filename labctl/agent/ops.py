@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from labctl.agent.phases import Phases
-from labctl.cluster.runtime import Runtime, object_key
+from labctl.cluster.runtime import object_key
 
 if TYPE_CHECKING:
     from labctl.agent.controller import Agent
@@ -163,10 +163,9 @@ async def apply(agent: Agent, req: dict[str, Any]) -> dict[str, Any]:
                  for o in items]
         reset = _replicas_changed(old, topology)
         runtime = agent.runtime.forget_deleted(named)
-        runtime = Runtime(replicas={k: v for k, v in runtime.replicas.items()
-                                    if k not in reset},
-                          generations=runtime.generations, deleted=runtime.deleted,
-                          terminating=runtime.terminating)
+        # (everything else it keeps: deletions, terminating pods, rollouts under way)
+        runtime = replace(runtime, replicas={k: v for k, v in runtime.replicas.items()
+                                             if k not in reset})
         # a new pod template rolls out (agent/rollouts.py); a dry run shows the first step
         runtime = rollouts.start(agent, runtime, topology, dry=bool(req.get("dryRun")))
         try:

@@ -111,6 +111,7 @@ def step_all(agent: Agent, runtime: Runtime, topology: Any, dry: bool = False) -
     """Every rolling Deployment takes the steps its pods' availability allows now."""
     if not runtime.rollouts and not runtime.held:
         return runtime
+    runtime = _orphans_go(agent, runtime, topology)
     runtime = _step_statefulsets(agent, runtime, topology, _quiet if dry else agent.event)
     deployments = {f"{d.meta.namespace}/{d.meta.name}": d
                    for d in _deployments(agent, topology, runtime)}
@@ -122,6 +123,20 @@ def step_all(agent: Agent, runtime: Runtime, topology: Any, dry: bool = False) -
             continue
         runtime = _step(agent, dep, runtime, _quiet if dry else agent.event, dry)
     return runtime
+
+
+def _orphans_go(agent: Agent, runtime: Runtime, topology: Any) -> Runtime:
+    """Held pods whose Deployment or StatefulSet the manifests no longer have (an apply
+    removed it mid-rollout): they terminate, as the garbage collector deletes the pods of
+    a deleted owner."""
+    from labctl.cluster.addons import with_addons
+
+    visible = runtime.visible(with_addons(topology))
+    owners = {("Deployment", d.meta.namespace, d.meta.name) for d in visible.deployments} | \
+        {("StatefulSet", s.meta.namespace, s.meta.name) for s in visible.statefulsets}
+    orphans = [p.key for p in agent.base.pods if p.key in runtime.held
+               and (p.owner is None or (p.owner.kind, p.namespace, p.owner.name) not in owners)]
+    return runtime.with_terminating(orphans) if orphans else runtime
 
 
 def _step_statefulsets(agent: Agent, runtime: Runtime, topology: Any,

@@ -206,7 +206,8 @@ def test_apply_a_changed_pod_spec(tmp_path: Path) -> None:
                  if obj in ("pod/default/db-0", "pod/default/db-1")
                  and reason in ("Killing", "Started")]
         assert order[-4:] == [("Killing", "pod/default/db-1"), ("Started", "pod/default/db-1"),
-                              ("Killing", "pod/default/db-0"), ("Started", "pod/default/db-0")]
+                              ("Killing", "pod/default/db-0"), ("Started", "pod/default/db-0")], \
+            (order, labctl("events", "--lab", name).stdout)
 
         # a bare pod's spec: refused, exit 2, the pod untouched
         respec = tmp_path / "solo.yaml"

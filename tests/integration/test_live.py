@@ -507,6 +507,33 @@ def test_recreate_stops_every_old_pod_before_the_new_ones_start(rolling: Lab,
     assert events.index("RolloutStarted") < events.index("Scaled up replica set")
 
 
+def test_a_deployment_removed_mid_rollout_takes_its_old_pods_along(rolling: Lab,
+                                                                   tmp_path: Path) -> None:
+    """minReadySeconds 30 holds the rollout after its first new pod; an apply of another
+    change leaves it as it is; then the manifests lose the Deployment: the old pods it
+    kept go too, nothing is left running."""
+    slow = tmp_path / "slow.yaml"
+    body = with_template(rolling.path.read_text(), "web", "4")
+    slow.write_text(body.replace("  replicas: 3\n", "  replicas: 3\n  minReadySeconds: 30\n"))
+    rolling.run("apply", "-f", str(slow))
+    eventually("the first new pod ready", lambda: len(
+        [p for p in rolling.of("web").values() if p.ready == "1/1"]) == 4 or None)
+    time.sleep(1.0)
+    assert len(rolling.of("web")) == 4  # held: the new pod is not available for 30 s
+    more = tmp_path / "more.yaml"
+    more.write_text(slow.read_text() + "---\n" + service("more", "web", 81, "http"))
+    out = rolling.run("apply", "-f", str(more)).stdout
+    assert "service/more created" in out and "terminating" not in out, out
+    pods = rolling.of("web")
+    assert len(pods) == 4 and all(p.status == "Running" for p in pods.values()), pods
+    gone = tmp_path / "gone.yaml"
+    gone.write_text("---\n".join(d for d in rolling.path.read_text().split("---\n")
+                                   if "kind: Deployment" not in d))
+    out = rolling.run("apply", "-f", str(gone)).stdout
+    assert "deployment.apps/web deleted" in out and out.count(" terminating") == 4, out
+    eventually("every web pod gone", lambda: not rolling.of("web") or None)
+
+
 # ------------------------------------------------------------------ 2. liveness
 
 
