@@ -350,45 +350,6 @@ print(json.dumps({"ok": ok, "failures": failures, "pods": pods}))
 """
 
 
-def test_rolling_restart_under_traffic_loses_no_request(moded: Lab, tmp_path: Path) -> None:
-    old = sorted(moded.of("roll"))
-    assert len(old) == 3
-    moded.wait_ready(*old)
-    started, stop = tmp_path / "started", tmp_path / "stop"
-    loop = subprocess.Popen(
-        labctl_argv("exec", "client", "--lab", moded.name, "--", sys.executable, "-c",
-                    ROLL_CLIENT, moded.vip("roll"), str(started), str(stop), "300", "50000"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        # the client is under way before the first pod goes
-        eventually("the client's first answer",
-                   lambda: started.exists() or loop.poll() is not None)
-        assert loop.poll() is None, loop.communicate()
-        new: list[str] = []
-        for name in old:
-            out = moded.run("delete", "pod", name).stdout
-            assert f'pod "{name}" deleted' in out
-            added = [n for n in moded.of("roll") if n not in old and n not in new]
-            assert len(added) == 1, (out, added)
-            new += added
-            moded.wait_ready(*added)
-            assert loop.poll() is None, "the client stopped before the roll was done"
-    finally:
-        stop.touch()
-        try:
-            stdout, stderr = loop.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            loop.kill()
-            stdout, stderr = loop.communicate()
-    assert loop.returncode == 0, stderr
-    result = json.loads(stdout)
-    assert result["failures"] == [], (result["failures"][:5], moded.events())
-    assert result["ok"] >= 300
-    assert set(moded.of("roll")) == set(new) and not set(new) & set(old)
-    # the traffic spanned the roll: every old pod answered, and the new ones too
-    assert set(old) <= set(result["pods"]) and set(new) & set(result["pods"]), result["pods"]
-
-
 def roll_traffic(lab_: Lab, tmp_path: Path, vip: str) -> tuple[subprocess.Popen[str], Path]:
     """ROLL_CLIENT running against `vip` from the client pod, once it has an answer."""
     started, stop = tmp_path / "started", tmp_path / "stop"
@@ -410,6 +371,30 @@ def roll_result(loop: subprocess.Popen[str], stop: Path) -> dict[str, Any]:
         stdout, stderr = loop.communicate()
     assert loop.returncode == 0, stderr
     return json.loads(stdout)
+
+
+def test_rolling_restart_under_traffic_loses_no_request(moded: Lab, tmp_path: Path) -> None:
+    old = sorted(moded.of("roll"))
+    assert len(old) == 3
+    moded.wait_ready(*old)
+    loop, stop = roll_traffic(moded, tmp_path, moded.vip("roll"))  # under way before
+    try:
+        new: list[str] = []
+        for name in old:
+            out = moded.run("delete", "pod", name).stdout
+            assert f'pod "{name}" deleted' in out
+            added = [n for n in moded.of("roll") if n not in old and n not in new]
+            assert len(added) == 1, (out, added)
+            new += added
+            moded.wait_ready(*added)
+            assert loop.poll() is None, "the client stopped before the roll was done"
+    finally:
+        result = roll_result(loop, stop)
+    assert result["failures"] == [], (result["failures"][:5], moded.events())
+    assert result["ok"] >= 300
+    assert set(moded.of("roll")) == set(new) and not set(new) & set(old)
+    # the traffic spanned the roll: every old pod answered, and the new ones too
+    assert set(old) <= set(result["pods"]) and set(new) & set(result["pods"]), result["pods"]
 
 
 def with_template(body: str, app: str, version: str, strategy: str = "") -> str:
