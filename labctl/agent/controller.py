@@ -83,7 +83,6 @@ class Agent:
         self.terminations: dict[str, asyncio.Task] = {}  # pod key → its finish task
         self.last_ready: dict[str, bool] = {}  # the readiness self.state was made with
         self.ready_since: dict[str, float] = {}  # pod → when a rollout first saw it ready
-        self._wake_due: float | None = None  # a rollout's minReadySeconds wake-up
         self._resync_pending = False
         self._raw_topology: Any = None
         self.adopted = False
@@ -531,21 +530,6 @@ class Agent:
         stepped = rollouts.step_all(self, self.runtime, self.raw_topology())
         if stepped != self.runtime:
             await self.change(stepped)
-
-    def wake_in(self, delay: float) -> None:
-        """Look at the rollouts again in `delay` seconds (minReadySeconds running out)."""
-        due = time.monotonic() + delay
-        if self._wake_due is not None and self._wake_due <= due:
-            return
-        self._wake_due = due
-
-        async def wake() -> None:
-            await asyncio.sleep(delay)
-            if self._wake_due == due:
-                self._wake_due = None
-            self.readiness_changed()
-
-        self.spawn(wake())
 
     def compile(self, runtime: Runtime, topology: Any = None) -> tuple[ClusterState, Runtime]:
         """The lab `topology` (default: its manifests) describes, as `runtime` changes

@@ -1,6 +1,7 @@
 """The agent's controllers for template changes: it starts a rollout when `apply`
 gives a Deployment or a StatefulSet a new pod template, and moves it on whenever
-readiness changes or a pod finishes terminating, until every pod runs the new template.
+readiness changes, a pod finishes terminating or the pod host is relisted (every 0.5 s:
+minReadySeconds running out), until every pod runs the new template.
 
 While a Deployment rolls out (cluster/rollout.py's `step`), Runtime.rollouts holds its
 new ReplicaSet's size and Runtime.held the old pods that keep running; the events say
@@ -19,30 +20,23 @@ from typing import TYPE_CHECKING, Any
 
 from labctl.cluster import rollout
 from labctl.cluster.runtime import Runtime
-from labctl.cluster.workloads import template_hash
+from labctl.cluster.workloads import HASH_LABEL, deployment_hash
 
 if TYPE_CHECKING:
     from labctl.agent.controller import Agent
     from labctl.cluster.state import PodState
-    from labctl.model.objects import Deployment
-
-HASH_LABEL = "pod-template-hash"
+    from labctl.model.objects import Deployment, Topology
 
 
-def _owned(agent: Agent, dep: Deployment) -> list[PodState]:
-    return [p for p in agent.base.pods if p.owner is not None
-            and p.owner.kind == "Deployment" and p.owner.name == dep.meta.name
-            and p.namespace == dep.meta.namespace]
+def _owned(agent: Agent, dep: Deployment) -> tuple[PodState, ...]:
+    return agent.base.pods_of("Deployment", dep.meta.namespace, dep.meta.name)
 
 
-def _hash(dep: Deployment) -> str:
-    return template_hash(f"{dep.meta.namespace}/{dep.meta.name}", dep.template)
-
-
-def _deployments(agent: Agent, topology: Any, runtime: Runtime) -> list[Deployment]:
+def _visible(topology: Any, runtime: Runtime) -> Topology:
+    """The workloads as they run: the manifests with the add-ons, less what was deleted."""
     from labctl.cluster.addons import with_addons
 
-    return list(runtime.visible(with_addons(topology)).deployments)
+    return runtime.visible(with_addons(topology))
 
 
 def start(agent: Agent, runtime: Runtime, topology: Any, dry: bool = False) -> Runtime:
@@ -52,17 +46,17 @@ def start(agent: Agent, runtime: Runtime, topology: Any, dry: bool = False) -> R
     Recreate stops them at once. Then the rollouts take their first step. `dry`: say
     nothing (events), only compute (`apply --dry-run`)."""
     say = _quiet if dry else agent.event
-    for dep in _deployments(agent, topology, runtime):
+    for dep in _visible(topology, runtime).deployments:
         ns, name = dep.meta.namespace, dep.meta.name
-        new_hash = _hash(dep)
+        new_hash = deployment_hash(dep)
         old = [p.key for p in _owned(agent, dep)
                if not p.terminating and p.key not in runtime.terminating
                and p.labels.get(HASH_LABEL) != new_hash]
         if not old:
             continue
         say("Normal", "RolloutStarted", f"deployment/{ns}/{name}",
-                    f"new pod template {name}-{new_hash} ({dep.strategy.type}): "
-                    f"{len(old)} pods to replace")
+            f"new pod template {name}-{new_hash} ({dep.strategy.type}): "
+            f"{len(old)} pods to replace")
         if dep.strategy.type == "Recreate":
             runtime = runtime.with_rollout(ns, name, 0, remove=old)
         else:
@@ -73,7 +67,7 @@ def start(agent: Agent, runtime: Runtime, topology: Any, dry: bool = False) -> R
 def describe(agent: Agent, runtime: Runtime, topology: Any) -> list[str]:
     """One line per rolling Deployment, for apply's output: what rolls out, and how."""
     out = []
-    for dep in _deployments(agent, topology, runtime):
+    for dep in _visible(topology, runtime).deployments:
         ns, name = dep.meta.namespace, dep.meta.name
         if runtime.rollout_of(ns, name) is None:
             continue
@@ -86,7 +80,7 @@ def describe(agent: Agent, runtime: Runtime, topology: Any) -> list[str]:
                    f"{replicas - unavailable} available")
         if dep.min_ready_seconds:
             how += f", minReadySeconds {dep.min_ready_seconds}"
-        out.append(f"deployment.apps/{name} rolling out to {name}-{_hash(dep)} ({how}); "
+        out.append(f"deployment.apps/{name} rolling out to {name}-{deployment_hash(dep)} ({how}); "
                    "`labctl events -w` follows it")
     return out
 
@@ -111,27 +105,24 @@ def step_all(agent: Agent, runtime: Runtime, topology: Any, dry: bool = False) -
     """Every rolling Deployment takes the steps its pods' availability allows now."""
     if not runtime.rollouts and not runtime.held:
         return runtime
-    runtime = _orphans_go(agent, runtime, topology)
-    runtime = _step_statefulsets(agent, runtime, topology, _quiet if dry else agent.event)
-    deployments = {f"{d.meta.namespace}/{d.meta.name}": d
-                   for d in _deployments(agent, topology, runtime)}
+    visible = _visible(topology, runtime)
+    runtime = _orphans_go(agent, runtime, visible)
+    runtime = _step_statefulsets(agent, runtime, visible, _quiet if dry else agent.event)
+    deployments = {f"{d.meta.namespace}/{d.meta.name}": d for d in visible.deployments}
     for key in list(runtime.rollouts):
         ns, _, name = key.partition("/")
         dep = deployments.get(key)
         if dep is None:  # deleted meanwhile: its pods went with it
             runtime = runtime.without_rollout(ns, name)
             continue
-        runtime = _step(agent, dep, runtime, _quiet if dry else agent.event, dry)
+        runtime = _step(agent, dep, runtime, _quiet if dry else agent.event)
     return runtime
 
 
-def _orphans_go(agent: Agent, runtime: Runtime, topology: Any) -> Runtime:
+def _orphans_go(agent: Agent, runtime: Runtime, visible: Topology) -> Runtime:
     """Held pods whose Deployment or StatefulSet the manifests no longer have (an apply
     removed it mid-rollout): they terminate, as the garbage collector deletes the pods of
     a deleted owner."""
-    from labctl.cluster.addons import with_addons
-
-    visible = runtime.visible(with_addons(topology))
     owners = {("Deployment", d.meta.namespace, d.meta.name) for d in visible.deployments} | \
         {("StatefulSet", s.meta.namespace, s.meta.name) for s in visible.statefulsets}
     orphans = [p.key for p in agent.base.pods if p.key in runtime.held
@@ -139,17 +130,13 @@ def _orphans_go(agent: Agent, runtime: Runtime, topology: Any) -> Runtime:
     return runtime.with_terminating(orphans) if orphans else runtime
 
 
-def _step_statefulsets(agent: Agent, runtime: Runtime, topology: Any,
+def _step_statefulsets(agent: Agent, runtime: Runtime, visible: Topology,
                        say: Callable[..., None]) -> Runtime:
     """Each StatefulSet with pods to update and RollingUpdate: the next one goes, if the
     set is all Running and Ready and none of its pods is terminating."""
-    from labctl.cluster.addons import with_addons
-
-    for sts in runtime.visible(with_addons(topology)).statefulsets:
+    for sts in visible.statefulsets:
         ns, name = sts.meta.namespace, sts.meta.name
-        pods = [p for p in agent.base.pods if p.owner is not None
-                and p.owner.kind == "StatefulSet" and p.owner.name == name
-                and p.namespace == ns]
+        pods = agent.base.pods_of("StatefulSet", ns, name)
         held = [p for p in pods if p.key in runtime.held]
         if not held or sts.update_strategy == "OnDelete":
             continue
@@ -168,11 +155,11 @@ def _step_statefulsets(agent: Agent, runtime: Runtime, topology: Any,
     return runtime
 
 
-def _step(agent: Agent, dep: Deployment, runtime: Runtime, say: Callable[..., None],
-          dry: bool = False) -> Runtime:
+def _step(agent: Agent, dep: Deployment, runtime: Runtime, say: Callable[..., None]
+          ) -> Runtime:
     ns, name = dep.meta.namespace, dep.meta.name
     replicas = runtime.replicas_of("Deployment", ns, name, dep.replicas)
-    new_hash = _hash(dep)
+    new_hash = deployment_hash(dep)
     now = time.time()
     pods = _owned(agent, dep)
     for _ in range(2 * replicas + 4):  # each pass is one sync of the controller
@@ -205,14 +192,12 @@ def _step(agent: Agent, dep: Deployment, runtime: Runtime, say: Callable[..., No
             return runtime.with_rollout(ns, name, s.new, remove=s.remove
                                         ).without_rollout(ns, name)
         if s.new == new_count and not s.remove:
-            if not dry:
-                _wake_for_min_ready(agent, dep, new_pods, now)
-            return runtime
+            return runtime  # the next relist (every 0.5 s) or readiness change looks again
         runtime = runtime.with_rollout(ns, name, s.new, remove=s.remove)
     return runtime
 
 
-def _by_hash(pods: list[PodState], keys: tuple[str, ...]) -> dict[str, set[str]]:
+def _by_hash(pods: tuple[PodState, ...], keys: tuple[str, ...]) -> dict[str, set[str]]:
     """The pods `keys` grouped by their template (the old ReplicaSets they belong to)."""
     out: dict[str, set[str]] = {}
     for p in pods:
@@ -222,19 +207,8 @@ def _by_hash(pods: list[PodState], keys: tuple[str, ...]) -> dict[str, set[str]]
 
 
 def _available(agent: Agent, key: str, dep: Deployment, now: float) -> bool:
-    """Ready for at least minReadySeconds (ready at all, with the default 0)."""
+    """Ready for at least minReadySeconds (ready at all, with the default 0); since when
+    it is ready is what the agent's last resync saw."""
     if not agent.pod_ready(key):
-        agent.ready_since.pop(key, None)
         return False
-    since = agent.ready_since.setdefault(key, now)
-    return now - since >= dep.min_ready_seconds
-
-
-def _wake_for_min_ready(agent: Agent, dep: Deployment, new_pods: list[PodState],
-                        now: float) -> None:
-    """A new pod that is ready but not yet available: look again once it is."""
-    waits = [agent.ready_since[p.key] + dep.min_ready_seconds - now for p in new_pods
-             if p.key in agent.ready_since
-             and now - agent.ready_since[p.key] < dep.min_ready_seconds]
-    if waits:
-        agent.wake_in(min(waits) + 0.05)
+    return now - agent.ready_since.get(key, now) >= dep.min_ready_seconds

@@ -280,8 +280,7 @@ class Runtime:
 
 
 def _owned(state: ClusterState | None, kind: str, namespace: str, name: str
-           ) -> list[PodState]:
+           ) -> tuple[PodState, ...]:
     if state is None or kind not in WORKLOAD_KINDS:
-        return []
-    return [p for p in state.pods if p.owner is not None and p.owner.kind == kind
-            and p.owner.name == name and p.namespace == namespace]
+        return ()
+    return state.pods_of(kind, namespace, name)

@@ -110,6 +110,11 @@ class ClusterState:
     def pods_on(self, node: str) -> tuple[PodState, ...]:
         return tuple(p for p in self.pods if p.node == node)
 
+    def pods_of(self, kind: str, namespace: str, name: str) -> tuple[PodState, ...]:
+        """The pods of the Deployment or StatefulSet `namespace/name` (terminating too)."""
+        return tuple(p for p in self.pods if p.owner is not None and p.owner.kind == kind
+                     and p.owner.name == name and p.namespace == namespace)
+
     def pod(self, namespace: str, name: str) -> PodState:
         for pod in self.pods:
             if pod.namespace == namespace and pod.name == name:

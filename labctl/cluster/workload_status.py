@@ -17,10 +17,9 @@ from typing import Any
 
 from labctl.cluster.runtime import Runtime
 from labctl.cluster.state import ClusterState, PodState
-from labctl.cluster.workloads import template_hash
+from labctl.cluster.workloads import HASH_LABEL, deployment_hash
 from labctl.model.objects import Deployment, StatefulSet
 
-HASH_LABEL = "pod-template-hash"
 Infos = Mapping[str, Mapping[str, Any]]
 
 
@@ -55,8 +54,7 @@ class StatefulSetStatus:
 
 
 def _owned(state: ClusterState, kind: str, namespace: str, name: str) -> list[PodState]:
-    return [p for p in state.pods if p.owner is not None and p.owner.kind == kind
-            and p.owner.name == name and p.namespace == namespace and not p.terminating]
+    return [p for p in state.pods_of(kind, namespace, name) if not p.terminating]
 
 
 def _ready(infos: Infos | None, key: str) -> bool:
@@ -74,7 +72,7 @@ def deployment_status(state: ClusterState, dep: Deployment, runtime: Runtime,
                       infos: Infos | None, now: float) -> DeploymentStatus:
     ns, name = dep.meta.namespace, dep.meta.name
     desired = runtime.replicas_of("Deployment", ns, name, dep.replicas)
-    current_hash = template_hash(f"{ns}/{name}", dep.template)
+    current_hash = deployment_hash(dep)
     pods = _owned(state, "Deployment", ns, name)
     hashes = sorted({p.labels.get(HASH_LABEL, "") for p in pods} - {current_hash})
     rolling = runtime.rollout_of(ns, name)

@@ -55,10 +55,18 @@ def _pod_from_template(meta: ObjectMeta, name: str, template: PodTemplate,
     )
 
 
+HASH_LABEL = "pod-template-hash"  # a Deployment pod's template: its ReplicaSet
+
+
+def deployment_hash(dep: Deployment) -> str:
+    """The pod-template-hash of the Deployment's current template."""
+    return template_hash(f"{dep.meta.namespace}/{dep.meta.name}", dep.template)
+
+
 def deployment_pod_name(dep: Deployment, slot: int, generation: int = 0,
                         hash_: str = "") -> str:
     """`<deployment>-<hash>-<suffix>`; generation 0 gives the name a fresh lab gives."""
-    hash_ = hash_ or template_hash(f"{dep.meta.namespace}/{dep.meta.name}", dep.template)
+    hash_ = hash_ or deployment_hash(dep)
     seed = f"{dep.meta.namespace}/{dep.meta.name}/{hash_}/{slot}"
     if generation:
         seed += f"/{generation}"
@@ -69,12 +77,12 @@ def deployment_pods(dep: Deployment, replicas: int | None = None,
                     generations: Mapping[int, int] | None = None) -> list[Pod]:
     """The Deployment's pods, slot i at index i (`replicas` overrides spec.replicas;
     `generations`: slot → how many times its pod was replaced)."""
-    hash_ = template_hash(f"{dep.meta.namespace}/{dep.meta.name}", dep.template)
+    hash_ = deployment_hash(dep)
     generations = generations or {}
     pods = []
     for i in range(dep.replicas if replicas is None else replicas):
         name = deployment_pod_name(dep, i, generations.get(i, 0), hash_)
-        pod = _pod_from_template(dep.meta, name, dep.template, {"pod-template-hash": hash_},
+        pod = _pod_from_template(dep.meta, name, dep.template, {HASH_LABEL: hash_},
                                  Owner("Deployment", dep.meta.name))
         pods.append(replace(pod, source=dep.source))
     return pods

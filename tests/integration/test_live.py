@@ -492,6 +492,31 @@ def test_recreate_stops_every_old_pod_before_the_new_ones_start(rolling: Lab,
     assert events.index("RolloutStarted") < events.index("Scaled up replica set")
 
 
+def test_min_ready_seconds_spaces_the_rollout(rolling: Lab, tmp_path: Path) -> None:
+    """minReadySeconds 2: an old pod goes only once the new one before it has been ready
+    for 2 s (no probe result changes meanwhile: the agent looks again at every relist)."""
+    v5 = tmp_path / "v5.yaml"
+    body = with_template(rolling.path.read_text(), "web", "5")
+    v5.write_text(body.replace("  replicas: 3\n", "  replicas: 3\n  minReadySeconds: 2\n"))
+    rolling.run("apply", "-f", str(v5))
+    eventually("the rollout complete", lambda: "RolloutComplete" in rolling.events() or None)
+    ready: dict[str, float] = {}
+    downs: list[float] = []
+    for line in rolling.events().splitlines()[1:]:
+        clock, _kind, reason, obj, *_ = line.split()
+        h, m, s = clock.split(":")
+        t = int(h) * 3600 + int(m) * 60 + float(s)
+        if reason == "Ready" and obj.startswith("pod/default/web-"):
+            ready[obj] = t
+        elif reason == "ScalingReplicaSet" and "Scaled down" in line:
+            downs.append(t)
+    assert len(downs) == 3, rolling.events()
+    new_ready = sorted(t for t in ready.values() if t > downs[0] - 10)
+    for down in downs:  # each old pod went ≥ 2 s after the last new pod became ready
+        latest = max(t for t in new_ready if t < down)
+        assert down - latest >= 1.9, (down, new_ready)
+
+
 def test_a_deployment_removed_mid_rollout_takes_its_old_pods_along(rolling: Lab,
                                                                    tmp_path: Path) -> None:
     """minReadySeconds 30 holds the rollout after its first new pod; an apply of another
