@@ -82,7 +82,7 @@ class Agent:
         self.tasks: set[asyncio.Task] = set()
         self.terminations: dict[str, asyncio.Task] = {}  # pod key → its finish task
         self.last_ready: dict[str, bool] = {}  # the readiness self.state was made with
-        self.ready_since: dict[str, float] = {}  # pod → when a rollout first saw it ready
+        self.ready_since: dict[str, float] = {}  # pod → since when it is ready (resync)
         self._resync_pending = False
         self._raw_topology: Any = None
         self.adopted = False
